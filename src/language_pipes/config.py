@@ -1,0 +1,430 @@
+"""A node's TOML configuration, turned into one validated, frozen :class:`NodeConfig`.
+
+Validation happens once, here, at the edge: the rest of the code reads typed
+fields (``config.job_port``, ``config.end_models[0].model_id``) and never sees
+a wrong type. Field names are exactly the TOML keys. Any problem becomes a
+:class:`ConfigError` whose message is one line naming the file, the key and
+what is wrong, e.g. ``config.toml: peer_port: must be between 1 and 65535 (got 70000)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import tomlkit
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from language_pipes.paths import configs_dir
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+DataType = Literal["bfloat16", "float16", "float32"]
+
+TORCH_THREADS_VARIABLE = "LP_TORCH_THREADS"
+SECRET_KEYS = frozenset({"network_key", "api_keys"})
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; ``str(error)`` is one line naming the key and the problem."""
+
+
+# ---------------------------------------------------------------------------
+# Field checks. Each raises PydanticCustomError so its message is used verbatim.
+# ---------------------------------------------------------------------------
+
+
+def _check_not_blank(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("blank", "must not be empty")
+    return value
+
+
+def _check_port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise PydanticCustomError("port_range", "must be between 1 and 65535")
+    return value
+
+
+_HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _is_hostname(text: str) -> bool:
+    labels = text.removesuffix(".").split(".")
+    if len(text) > 253 or not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
+        return False
+    # All-numeric dotted names are meant as IPv4 addresses, and that one was not valid.
+    return not all(label.isdigit() for label in labels)
+
+
+def _check_host(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        # Not an IP address; it may still be a host name.
+        if not _is_hostname(value):
+            raise PydanticCustomError("host", "must be an IP address or a host name") from None
+    return value
+
+
+_DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+
+
+def _check_device(value: str) -> str:
+    if not _DEVICE.fullmatch(value):
+        raise PydanticCustomError("device", 'must be "cpu", "cuda", "cuda:N" or "mps"')
+    return value
+
+
+def _check_memory(value: float) -> float:
+    if not math.isfinite(value):
+        raise PydanticCustomError("finite", "must be a finite number")
+    if value <= 0:
+        raise PydanticCustomError("positive", "must be greater than 0")
+    return value
+
+
+_NETWORK_KEY = re.compile(r"[0-9a-fA-F]{32}")
+
+
+def _check_network_key(value: str) -> str:
+    if not _NETWORK_KEY.fullmatch(value):
+        raise PydanticCustomError(
+            "network_key", "must be 32 hexadecimal characters (make one with: language-pipes keygen)"
+        )
+    return value.lower()
+
+
+def _end_model_from_id(value: Any) -> Any:
+    """``"org/model"`` is short for ``{model_id = "org/model"}``."""
+    if isinstance(value, str):
+        return {"model_id": value}
+    if isinstance(value, dict | EndModelConfig):
+        return value
+    raise PydanticCustomError("end_model", "must be a model id string or a table with model_id")
+
+
+NonEmptyText = Annotated[str, AfterValidator(_check_not_blank)]
+Port = Annotated[int, AfterValidator(_check_port)]
+Host = Annotated[str, AfterValidator(_check_host)]
+Device = Annotated[str, AfterValidator(_check_device)]
+MemoryGigabytes = Annotated[float, AfterValidator(_check_memory)]
+NetworkKey = Annotated[str, AfterValidator(_check_network_key)]
+
+
+class _StrictModel(BaseModel):
+    """Frozen, no unknown keys, no silent type conversion (``"8000"`` is not a port)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class BootstrapNode(_StrictModel):
+    """A peer to contact first when joining the network."""
+
+    address: Host
+    port: Port
+
+
+class LayerModelConfig(_StrictModel):
+    """Decoder layers of a model that this node hosts, as many as fit ``memory`` GB."""
+
+    model_id: NonEmptyText
+    device: Device = "cpu"
+    memory: MemoryGigabytes
+    data_type: DataType = "bfloat16"
+
+
+class EndModelConfig(_StrictModel):
+    """Tokenizer, embedding, norm, head and the first ``num_local_layers`` layers of a model."""
+
+    model_id: NonEmptyText
+    num_local_layers: int = Field(default=1, ge=0)
+    device: Device = "cpu"
+
+
+EndModelEntry = Annotated[EndModelConfig, BeforeValidator(_end_model_from_id)]
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (respects taskset/cgroup affinity, unlike ``os.cpu_count``)."""
+    return len(os.sched_getaffinity(0))
+
+
+class NodeConfig(_StrictModel):
+    """Everything one node needs to start; field names are the TOML keys."""
+
+    node_id: NonEmptyText
+    job_port: Port | None = None
+    api_keys: tuple[NonEmptyText, ...] = ()
+    max_api_jobs: int = Field(default=5, ge=1)
+    max_node_jobs: int = Field(default=10, ge=1)
+    peer_port: Port = 5000
+    network_ip: Host = "127.0.0.1"
+    network_key: NetworkKey | None = None
+    whitelist_node_ids: tuple[NonEmptyText, ...] = ()
+    bootstrap_nodes: tuple[BootstrapNode, ...] = ()
+    layer_models: tuple[LayerModelConfig, ...] = ()
+    end_models: tuple[EndModelEntry, ...] = ()
+    torch_threads: int = Field(default_factory=available_cores, ge=1)
+    log_level: LogLevel = "info"
+
+    @field_validator(
+        "api_keys", "whitelist_node_ids", "bootstrap_nodes", "layer_models", "end_models", mode="before"
+    )
+    @classmethod
+    def _list_to_tuple(cls, value: Any) -> Any:
+        # TOML arrays arrive as lists; the frozen config stores tuples.
+        return tuple(value) if isinstance(value, list) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _torch_threads_from_environment(cls, data: Any) -> Any:
+        """Without ``torch_threads`` in the file, ``$LP_TORCH_THREADS`` (if set) is the default."""
+        text = os.environ.get(TORCH_THREADS_VARIABLE, "").strip()
+        if not text or not isinstance(data, dict) or "torch_threads" in data:
+            return data
+        if not text.isdigit() or int(text) < 1:
+            raise PydanticCustomError(
+                "environment", f"{TORCH_THREADS_VARIABLE} must be a whole number of at least 1 (got {text!r})"
+            )
+        return {**data, "torch_threads": int(text)}
+
+
+# ---------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------
+
+
+def resolve_config_path(argument: str) -> Path:
+    """``-c`` takes a path containing ``.toml``, or the NAME of ``$LP_APP_DIR/configs/NAME.toml``."""
+    if ".toml" in argument:
+        return Path(argument).expanduser()
+    if not argument.strip() or "/" in argument or os.sep in argument:
+        raise ConfigError(
+            f"{argument!r}: not a config: give a path ending in .toml or the name of a saved config"
+        )
+    return configs_dir() / f"{argument}.toml"
+
+
+def load_config(path_or_name: str) -> NodeConfig:
+    """Read, parse and validate a config file; every problem is a one-line :class:`ConfigError`."""
+    path = resolve_config_path(path_or_name)
+    text = _read_text(path, saved_name=None if ".toml" in path_or_name else path_or_name)
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        # The parser's message carries the position; move it to the front as "line N".
+        raise ConfigError(f"{path}: {_describe_syntax_error(error)}") from None
+    return parse_config(document, source=str(path))
+
+
+def parse_config(document: dict[str, Any], source: str = "config") -> NodeConfig:
+    """Validate an already parsed TOML document (a dict) into a :class:`NodeConfig`."""
+    try:
+        return NodeConfig.model_validate(document)
+    except ValidationError as error:
+        # Reported as one line naming the first offending key.
+        raise ConfigError(f"{source}: {describe_validation_error(error)}") from None
+
+
+def _read_text(path: Path, saved_name: str | None) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        # The most common mistake: a typo in -c.
+        hint = f" (no saved config named {saved_name!r})" if saved_name else ""
+        raise ConfigError(f"{path}: missing file{hint}") from None
+    except IsADirectoryError:
+        # Someone passed a folder whose name contains ".toml".
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except OSError as error:
+        # Permissions and other I/O failures: say which, in one line.
+        raise ConfigError(f"{path}: cannot read the file ({error.strerror})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # TOML files must be UTF-8.
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+
+
+_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
+
+
+def _describe_syntax_error(error: tomllib.TOMLDecodeError) -> str:
+    message = str(error).splitlines()[0] if str(error) else "invalid TOML"
+    position = _POSITION.search(message)
+    if position is None:
+        return f"TOML syntax error: {message}"
+    line, column = position.groups()
+    reason = _POSITION.sub("", message)
+    return f"line {line}: TOML syntax error: {reason} (column {column})"
+
+
+# ---------------------------------------------------------------------------
+# Error messages
+# ---------------------------------------------------------------------------
+
+_PROBLEMS: dict[str, str] = {
+    "missing": "required key is missing",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "list_type": "must be a list",
+    "tuple_type": "must be a list",
+    "model_type": "must be a table",
+    "model_attributes_type": "must be a table",
+    "dict_type": "must be a table",
+    "finite_number": "must be a finite number",
+}
+_NO_ECHO = frozenset({"missing", "extra_forbidden", "environment"})
+
+
+def _all_field_names() -> list[str]:
+    models: Iterable[type[BaseModel]] = (NodeConfig, BootstrapNode, LayerModelConfig, EndModelConfig)
+    return sorted({name for model in models for name in model.model_fields})
+
+
+def _format_location(location: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in location:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _describe_value(value: Any) -> str:
+    """A short TOML-looking rendering of an offending value."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return json.dumps(shown, ensure_ascii=False)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return str(value)
+
+
+def describe_one_error(error: ErrorDetails) -> str:
+    """``key.path: problem (got value)`` for one pydantic error, without echoing secrets."""
+    kind = error["type"]
+    location = tuple(error["loc"])
+    context = error.get("ctx", {})
+    if kind == "extra_forbidden":
+        unknown = str(location[-1])
+        close = difflib.get_close_matches(unknown, _all_field_names(), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        parent = _format_location(location[:-1])
+        return f"{parent + ': ' if parent else ''}unknown key '{unknown}'{hint}"
+    if kind in _PROBLEMS:
+        problem = _PROBLEMS[kind]
+    elif kind == "greater_than_equal":
+        problem = f"must be at least {context['ge']}"
+    elif kind == "greater_than":
+        problem = f"must be greater than {context['gt']}"
+    elif kind == "less_than_equal":
+        problem = f"must be at most {context['le']}"
+    elif kind == "literal_error":
+        problem = f"must be one of {context['expected']}"
+    else:
+        problem = error["msg"]
+    secret = any(part in SECRET_KEYS for part in location)
+    if kind not in _NO_ECHO and not secret:
+        problem += f" (got {_describe_value(error['input'])})"
+    key = _format_location(location)
+    return " ".join(f"{key + ': ' if key else ''}{problem}".split())
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line: the first problem, and how many more there are."""
+    problems = error.errors(include_url=False)
+    first = describe_one_error(problems[0])
+    more = len(problems) - 1
+    return first + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+# ---------------------------------------------------------------------------
+# Report and saving
+# ---------------------------------------------------------------------------
+
+
+def shorten_network_key(key: str) -> str:
+    """``ab12…ef90``: enough to tell keys apart, not enough to join the network."""
+    return f"{key[:4]}…{key[-4:]}" if len(key) > 8 else "…"
+
+
+def shorten_api_key(key: str) -> str:
+    """``fo…``: at most two leading characters, and never the whole key."""
+    return key[: min(2, len(key) - 1)] + "…"
+
+
+def config_report(config: NodeConfig, source: str | None = None) -> str:
+    """A readable multi-line report of the resolved configuration, secrets shortened."""
+    api_keys = ", ".join(shorten_api_key(key) for key in config.api_keys)
+    bootstrap = ", ".join(f"{node.address}:{node.port}" for node in config.bootstrap_nodes)
+    rows: list[tuple[str, str] | str] = [
+        f"Language Pipes configuration{f' ({source})' if source else ''}",
+        ("node_id", config.node_id),
+        ("log_level", config.log_level),
+        ("torch_threads", str(config.torch_threads)),
+        "API",
+        ("job_port", str(config.job_port) if config.job_port else "not set (no API server)"),
+        ("api_keys", api_keys or "none (no authentication required)"),
+        ("max_api_jobs", f"{config.max_api_jobs} pending per key"),
+        "Network",
+        ("network_ip", config.network_ip),
+        ("peer_port", str(config.peer_port)),
+        ("network_key", shorten_network_key(config.network_key) if config.network_key else "not set"),
+        ("whitelist_node_ids", ", ".join(config.whitelist_node_ids) or "none (any node)"),
+        ("bootstrap_nodes", bootstrap or "none"),
+        ("max_node_jobs", str(config.max_node_jobs)),
+        "Models",
+        ("end_models", "none" if not config.end_models else ""),
+        *[
+            f"    {model.model_id}  device={model.device}  num_local_layers={model.num_local_layers}"
+            for model in config.end_models
+        ],
+        ("layer_models", "none" if not config.layer_models else ""),
+        *[
+            f"    {model.model_id}  device={model.device}  memory={model.memory:g} GB"
+            f"  data_type={model.data_type}"
+            for model in config.layer_models
+        ],
+    ]
+    lines: list[str] = []
+    for row in rows:
+        if isinstance(row, str):
+            lines.append(row if row.startswith(("    ", "Language")) else f"{row}:")
+        else:
+            lines.append(f"  {row[0]:<20}{row[1]}".rstrip())
+    return "\n".join(lines)
+
+
+def save_config(path: Path, config: NodeConfig) -> None:
+    """Write the keys that were set (in the file or by code) back as TOML, atomically."""
+    document = config.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(tomlkit.dumps(document), encoding="utf-8")
+    temporary.replace(path)
