@@ -70,7 +70,11 @@ def command_run(config: NodeConfig) -> int:
     setup_logging(config.node_id, config.log_level)
     from language_pipes.node import run_node
 
-    return run_node(config)
+    try:
+        return run_node(config)
+    except KeyboardInterrupt:
+        # Ctrl-C that reached us instead of the node's own signal handling: stop without a traceback.
+        return 130
 
 
 def command_tui(config_argument: str | None) -> int:
