@@ -52,7 +52,10 @@ def invalid_request(message: str, param: str | None = None, code: str | None = N
 
 def model_not_found(model: str) -> APIError:
     return APIError(
-        404, f"The model '{model}' does not exist or is not hosted here.", param="model", code="model_not_found"
+        404,
+        f"The model '{model}' does not exist or is not hosted here.",
+        param="model",
+        code="model_not_found",
     )
 
 
@@ -64,3 +67,30 @@ def model_unavailable(model: str) -> APIError:
         param="model",
         code="no_complete_pipe",
     )
+
+
+def generation_failed(message: str | None, status: int = 500) -> APIError:
+    """The engine reported an error before anything was sent to the client."""
+    error_type = (
+        "service_unavailable"
+        if status == 503
+        else "server_error"
+        if status >= 500
+        else ("invalid_request_error")
+    )
+    return APIError(status, message or "The generation failed.", error_type=error_type)
+
+
+def route_not_found(method: str, path: str) -> APIError:
+    return APIError(404, f"Invalid URL ({method} {path})", code="unknown_url")
+
+
+def method_not_allowed(method: str, path: str, allowed: str | None) -> APIError:
+    headers = {"Allow": allowed} if allowed else None
+    return APIError(
+        405, f"Method {method} is not allowed for {path}", code="method_not_allowed", headers=headers
+    )
+
+
+def internal_error() -> APIError:
+    return APIError(500, "The server had an error while processing your request.", error_type="server_error")

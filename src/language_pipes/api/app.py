@@ -1,0 +1,117 @@
+"""The FastAPI application of a node's OpenAI-compatible API.
+
+:func:`create_app` wires the routes (chat completions, models, responses) and
+the error handlers that keep every failure in OpenAI's envelope: a 400 naming
+the parameter instead of FastAPI's 422, 404/405 for unknown routes, and a
+logged 500 for anything unexpected.
+
+Shared state on ``app.state`` (read through the helpers named here):
+
+* ``catalog``: the node's :class:`ModelCatalog`
+  (:func:`language_pipes.api.models_route.model_catalog`, ``generator_for``);
+* ``api_keys``: ``frozenset[str]`` of accepted bearer keys, empty = open
+  (:func:`language_pipes.api.auth.authenticate`, ``AuthenticatedClient``);
+* ``job_limiter``: the per-key :class:`JobLimiter` of requests in flight
+  (:func:`language_pipes.api.auth.job_limiter`);
+* ``started_at``: Unix time the app was created (``created`` of model cards).
+
+Building blocks for another endpoint: ``schemas.read_body`` and
+``schemas.SamplingFields``, ``models_route.completion_token_budget``,
+``chat.run_generation`` / ``chat.start_streamed_generation`` /
+``chat.error_event``, ``sse.EventStreamResponse`` / ``sse.sse_event`` /
+``sse.SSE_DONE``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from language_pipes.api import chat, models_route
+from language_pipes.api.auth import JobLimiter
+from language_pipes.api.errors import (
+    APIError,
+    internal_error,
+    method_not_allowed,
+    route_not_found,
+)
+from language_pipes.api.schemas import validation_error_to_api_error
+from language_pipes.api.sse import ClientDisconnected
+from language_pipes.engine.types import ModelCatalog
+
+logger = logging.getLogger(__name__)
+
+# Status for a request whose client left before the answer: nobody reads it (nginx's convention).
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def _api_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, APIError)
+    return error.response()
+
+
+async def _validation_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, RequestValidationError)
+    # FastAPI prefixes locations with "body"/"path"/"query"; drop that part.
+    return validation_error_to_api_error(list(error.errors()), location_prefix=1).response()
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, StarletteHTTPException)
+    if error.status_code == 404:
+        return route_not_found(request.method, request.url.path).response()
+    if error.status_code == 405:
+        allowed = (error.headers or {}).get("Allow") or (error.headers or {}).get("allow")
+        return method_not_allowed(request.method, request.url.path, allowed).response()
+    return APIError(error.status_code, str(error.detail), headers=dict(error.headers or {})).response()
+
+
+async def _client_disconnected(request: Request, error: Exception) -> Response:
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
+async def _unexpected_error(request: Request, error: Exception) -> Response:
+    logger.exception("unexpected error while serving %s %s", request.method, request.url.path)
+    return internal_error().response()
+
+
+def _include_responses_router(app: FastAPI) -> None:
+    try:
+        responses = importlib.import_module("language_pipes.api.responses")
+    except ImportError:
+        # The Responses endpoint is optional while it is being written; chat and models work without it.
+        logger.warning("the /v1/responses endpoint is not available", exc_info=True)
+        return
+    app.include_router(responses.router)
+
+
+def create_app(catalog: ModelCatalog, *, api_keys: list[str], max_api_jobs: int) -> FastAPI:
+    """The API app for one node; ``max_api_jobs`` requests in flight per key."""
+    app = FastAPI(
+        title="Language Pipes",
+        summary="OpenAI-compatible API of a Language Pipes node",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.catalog = catalog
+    app.state.api_keys = frozenset(api_keys)
+    app.state.job_limiter = JobLimiter(max_api_jobs)
+    app.state.started_at = int(time.time())
+
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnected, _client_disconnected)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+    app.include_router(chat.router)
+    app.include_router(models_route.router)
+    _include_responses_router(app)
+    return app
