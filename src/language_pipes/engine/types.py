@@ -6,8 +6,8 @@ with a stream of :class:`TextDelta` events ending in one :class:`Finished`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Literal, NewType, Protocol
 
 import torch

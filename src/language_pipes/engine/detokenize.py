@@ -1,0 +1,67 @@
+"""Incremental detokenization and stop strings.
+
+Streamed pieces must concatenate to exactly the final text: no split UTF-8
+characters, no lost spaces. The detokenizer decodes the generated ids and
+releases only text that is final (not ending in a partial character); the stop
+matcher holds back any tail that could still become a stop string.
+"""
+
+from __future__ import annotations
+
+from transformers import PreTrainedTokenizerBase
+
+_REPLACEMENT = "\ufffd"
+
+
+class IncrementalDetokenizer:
+    """Yields the new, final text after each generated token."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self._tokenizer = tokenizer
+        self._ids: list[int] = []
+        self._released = 0
+        self._text = ""
+
+    def push(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        text = self._tokenizer.decode(self._ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        if text.endswith(_REPLACEMENT) or not text.startswith(self._text[: self._released]):
+            return ""  # an incomplete multi-byte character: wait for the next token
+        self._text = text
+        new = text[self._released :]
+        self._released = len(text)
+        return new
+
+
+class StopMatcher:
+    """Finds the first stop string in the released text, holding back possible partial matches."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self._stops = tuple(stop for stop in stops if stop)
+        self._pending = ""
+
+    def push(self, text: str) -> tuple[str, bool]:
+        """Returns (text safe to emit now, whether a stop string was reached)."""
+        if not self._stops:
+            return text, False
+        self._pending += text
+        cut = min((i for i in (self._pending.find(stop) for stop in self._stops) if i >= 0), default=-1)
+        if cut >= 0:
+            emit, self._pending = self._pending[:cut], ""
+            return emit, True
+        hold = max((_partial_suffix(self._pending, stop) for stop in self._stops), default=0)
+        emit = self._pending[: len(self._pending) - hold]
+        self._pending = self._pending[len(emit) :]
+        return emit, False
+
+    def flush(self) -> str:
+        rest, self._pending = self._pending, ""
+        return rest
+
+
+def _partial_suffix(text: str, stop: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``stop``."""
+    for length in range(min(len(text), len(stop) - 1), 0, -1):
+        if stop.startswith(text[-length:]):
+            return length
+    return 0

@@ -1,0 +1,92 @@
+"""One generation request as the origin tracks it: tokens, sampling state, output stream.
+
+A sequence's KV caches hold its first ``fed`` tokens. Each step feeds the next
+unfed tokens (a prefill chunk, or the one token sampled last); when it has fed
+every token it knows, the step's last row yields the next token. Setting
+``fed = 0`` replays the sequence through a new route.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from language_pipes.engine.detokenize import IncrementalDetokenizer, StopMatcher
+from language_pipes.engine.sampling import make_generator
+from language_pipes.engine.types import (
+    Finished,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    SequenceId,
+    TextDelta,
+)
+from language_pipes.pipes.route import Route
+
+
+@dataclass
+class Sequence:
+    sequence_id: SequenceId
+    request: GenerationRequest
+    emit: Callable[[GenerationEvent], None]
+    detokenizer: IncrementalDetokenizer
+    route: Route | None = None
+    generated: list[int] = field(default_factory=list)
+    fed: int = 0
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    finished: bool = False
+
+    def __post_init__(self) -> None:
+        self.stops = StopMatcher(self.request.stop)
+        self.random = make_generator(self.request.sampling.seed)
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.request.prompt_token_ids + self.generated
+
+    @property
+    def unfed(self) -> int:
+        return len(self.request.prompt_token_ids) + len(self.generated) - self.fed
+
+    def next_chunk(self, budget: int) -> list[int]:
+        tokens = self.tokens
+        return tokens[self.fed : self.fed + min(budget, len(tokens) - self.fed)]
+
+    def add_token(self, token_id: int, eos_token_ids: frozenset[int]) -> None:
+        """Record a sampled token, stream its text, and finish on EOS, a stop string or the limit."""
+        if token_id in eos_token_ids:
+            self.finish("stop")
+            return
+        self.generated.append(token_id)
+        if self.request.constraint is not None:
+            self.request.constraint.accept(token_id)
+        text, stopped = self.stops.push(self.detokenizer.push(token_id))
+        if text:
+            self.emit(TextDelta(text=text, token_ids=(token_id,)))
+        if stopped:
+            self.finish("stop")
+        elif len(self.generated) >= self.request.max_new_tokens:
+            self.finish("length")
+
+    def finish(self, reason: FinishReason, error: str | None = None, error_status: int = 500) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if reason != "error" and (rest := self.stops.flush()):
+            self.emit(TextDelta(text=rest, token_ids=()))
+        self.emit(
+            Finished(
+                reason=reason,
+                prompt_tokens=len(self.request.prompt_token_ids),
+                completion_tokens=len(self.generated),
+                error=error,
+                error_status=error_status,
+            )
+        )
+
+    def allowed_tokens(self, vocab_size: int) -> torch.Tensor | None:
+        constraint = self.request.constraint
+        return None if constraint is None else constraint.allowed_tokens(vocab_size)

@@ -1,0 +1,85 @@
+"""The end model: the only part of a model that sees text or token ids.
+
+It holds the tokenizer and chat template, the embedding, the first
+``num_local_layers`` decoder layers, the final norm and the output head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+
+from language_pipes.models.partial import ModelSource
+from language_pipes.models.segment import LayerSegment
+
+
+class EndModel:
+    """Tokenizer, embedding, local layers, norm and head of one model on one device."""
+
+    def __init__(
+        self,
+        model_id: str,
+        folder: Path,
+        *,
+        num_local_layers: int = 1,
+        dtype: torch.dtype = torch.bfloat16,
+        device: torch.device | str = "cpu",
+        source: ModelSource | None = None,
+    ) -> None:
+        self.model_id = model_id
+        self.device = torch.device(device)
+        self.dtype = dtype
+        source = source or ModelSource.open(folder)
+        self.source = source
+        self.config = source.config
+        self.num_layers = source.num_layers
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder)
+        self.embedding = source.load_module("model.embed_tokens", dtype, self.device)
+        self.norm = source.load_module("model.norm", dtype, self.device)
+        self.head = source.load_head(dtype, self.device)
+        local = min(num_local_layers, self.num_layers)
+        self.local_layers = LayerSegment(source, 0, local, dtype, self.device)
+        self.eos_token_ids = _eos_token_ids(folder, self.tokenizer)
+        self.context_length = int(getattr(self.config, "max_position_embeddings", 0) or 4096)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.head.weight.shape[0])
+
+    def embed(self, token_ids: list[int]) -> torch.Tensor:
+        """``[1, len(token_ids), hidden]`` hidden states for a packed step."""
+        ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            return self.embedding(ids)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float32 logits ``[rows, vocab]`` for the given final-layer hidden rows ``[rows, hidden]``."""
+        with torch.inference_mode():
+            hidden = hidden.to(device=self.device, dtype=self.dtype)
+            logits = self.head(self.norm(hidden)).float()
+            return self.source.family.finish_logits(self.config, logits)
+
+    def encode_chat(
+        self, messages: list[dict[str, object]], tools: list[dict[str, object]] | None = None
+    ) -> list[int]:
+        rendered = self.tokenizer.apply_chat_template(
+            messages, tools=tools, add_generation_prompt=True, tokenize=False
+        )
+        return list(self.tokenizer.encode(rendered, add_special_tokens=False))
+
+
+def _eos_token_ids(folder: Path, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    ids: set[int] = set()
+    try:
+        configured = GenerationConfig.from_pretrained(folder).eos_token_id
+    except OSError:  # no generation_config.json: the tokenizer's EOS is all we know
+        configured = None
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(ids)

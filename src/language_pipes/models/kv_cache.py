@@ -1,0 +1,66 @@
+"""Per-sequence key/value storage for the layers a node hosts.
+
+Each live sequence owns one :class:`SequenceCache` on every node that runs
+some of its layers. Buffers grow by doubling, so a decode step appends in
+place instead of copying the whole history.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class LayerCache:
+    """Keys and values of one layer for one sequence: ``[1, kv_heads, length, head_dim]`` views."""
+
+    def __init__(self) -> None:
+        self._keys: torch.Tensor | None = None
+        self._values: torch.Tensor | None = None
+        self.length = 0
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        new = keys.shape[2]
+        needed = self.length + new
+        if self._keys is None or needed > self._keys.shape[2]:
+            self._grow(keys, values, needed)
+        assert self._keys is not None and self._values is not None
+        self._keys[:, :, self.length : needed] = keys
+        self._values[:, :, self.length : needed] = values
+        self.length = needed
+        return self._keys[:, :, :needed], self._values[:, :, :needed]
+
+    def _grow(self, keys: torch.Tensor, values: torch.Tensor, needed: int) -> None:
+        capacity = max(64, needed, 2 * (self._keys.shape[2] if self._keys is not None else 0))
+        shape = (keys.shape[0], keys.shape[1], capacity, keys.shape[3])
+        grown_keys = keys.new_empty(shape)
+        grown_values = values.new_empty((*shape[:3], values.shape[3]))
+        if self._keys is not None and self._values is not None:
+            grown_keys[:, :, : self.length] = self._keys[:, :, : self.length]
+            grown_values[:, :, : self.length] = self._values[:, :, : self.length]
+        self._keys, self._values = grown_keys, grown_values
+
+    def truncate(self, length: int) -> None:
+        self.length = min(self.length, length)
+
+    def nbytes(self) -> int:
+        if self._keys is None or self._values is None:
+            return 0
+        return self._keys.nbytes + self._values.nbytes
+
+
+class SequenceCache:
+    """The caches of every hosted layer for one sequence, keyed by absolute layer index."""
+
+    def __init__(self, layer_indices: range) -> None:
+        self.layers = {index: LayerCache() for index in layer_indices}
+
+    @property
+    def length(self) -> int:
+        return next(iter(self.layers.values())).length if self.layers else 0
+
+    def truncate(self, length: int) -> None:
+        for layer in self.layers.values():
+            layer.truncate(length)
+
+    def nbytes(self) -> int:
+        return sum(layer.nbytes() for layer in self.layers.values())

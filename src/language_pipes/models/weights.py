@@ -1,0 +1,87 @@
+"""Selective reads from a safetensors model folder: only the tensors a node hosts enter memory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+_DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
+
+
+class WeightReader:
+    """Knows which shard holds each tensor of a checkpoint and reads tensors by name prefix."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        index_file = folder / "model.safetensors.index.json"
+        if index_file.exists():
+            weight_map: dict[str, str] = json.loads(index_file.read_text())["weight_map"]
+            self.shard_of = dict(weight_map)
+        else:
+            shards = sorted(folder.glob("*.safetensors"))
+            if not shards:
+                raise FileNotFoundError(f"no *.safetensors weights in {folder}")
+            self.shard_of = {}
+            for shard in shards:
+                with safe_open(shard, framework="pt") as handle:
+                    self.shard_of.update({name: shard.name for name in handle.keys()})  # noqa: SIM118
+
+    def names_with_prefix(self, prefix: str) -> list[str]:
+        return [name for name in self.shard_of if name.startswith(prefix)]
+
+    def has(self, name: str) -> bool:
+        return name in self.shard_of
+
+    def read(self, names: Iterable[str], dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+        """Read the named tensors, cast to ``dtype`` on ``device``; one open per shard."""
+        by_shard: dict[str, list[str]] = {}
+        for name in names:
+            by_shard.setdefault(self.shard_of[name], []).append(name)
+        tensors: dict[str, torch.Tensor] = {}
+        for shard, shard_names in by_shard.items():
+            with safe_open(self.folder / shard, framework="pt", device="cpu") as handle:
+                for name in shard_names:
+                    tensor = handle.get_tensor(name)
+                    if tensor.is_floating_point():
+                        tensor = tensor.to(dtype)
+                    tensors[name] = tensor.to(device)
+        return tensors
+
+    def stored_nbytes(self, prefix: str, dtype: torch.dtype) -> int:
+        """Bytes the tensors under ``prefix`` take once cast to ``dtype`` (from headers only)."""
+        element = torch.empty((), dtype=dtype).element_size()
+        total = 0
+        by_shard: dict[str, list[str]] = {}
+        for name in self.names_with_prefix(prefix):
+            by_shard.setdefault(self.shard_of[name], []).append(name)
+        for shard, names in by_shard.items():
+            header = _read_header(self.folder / shard)
+            for name in names:
+                entry = header[name]
+                count = 1
+                for size in entry["shape"]:
+                    count *= size
+                is_float = entry["dtype"] in ("F64", "F32", "F16", "BF16")
+                total += count * (element if is_float else _DTYPE_BYTES.get(entry["dtype"], 4))
+        return total
+
+
+def _read_header(path: Path) -> dict[str, dict[str, object]]:
+    with path.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        return json.loads(handle.read(length))

@@ -1,0 +1,60 @@
+"""A route: the chain of segments, local or remote, that runs one model's layers after the end model's.
+
+The engine only sees :class:`Route`; whether a hop is a function call or a
+network round trip is the segment runner's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+
+from language_pipes.engine.types import SequenceId
+from language_pipes.models.segment import SegmentBatch
+
+
+class SegmentRunner(Protocol):
+    """Runs layers ``[start, end)`` for a packed step and keeps their KV caches."""
+
+    start: int
+    end: int
+
+    def forward(self, hidden: torch.Tensor, batch: SegmentBatch) -> torch.Tensor: ...
+
+    def release(self, sequence_id: SequenceId) -> None: ...
+
+
+class Route:
+    """Segments whose layer ranges chain from the end model's local layers to the last layer."""
+
+    def __init__(self, segments: Sequence[SegmentRunner], name: str = "local") -> None:
+        self.segments = tuple(segments)
+        self.name = name
+
+    def forward(self, hidden: torch.Tensor, batch: SegmentBatch) -> torch.Tensor:
+        for segment in self.segments:
+            hidden = segment.forward(hidden, batch)
+        return hidden
+
+    def release(self, sequence_id: SequenceId) -> None:
+        for segment in self.segments:
+            try:
+                segment.release(sequence_id)
+            except Exception:  # noqa: BLE001 - releasing is best effort; a lost node has no cache to free
+                continue
+
+    def __repr__(self) -> str:
+        hops = ", ".join(f"{type(s).__name__}[{s.start}:{s.end}]" for s in self.segments)
+        return f"Route({self.name}: {hops})"
+
+
+def chains(first_layer: int, last_layer: int, segments: Sequence[SegmentRunner]) -> bool:
+    """True when the segments cover ``[first_layer, last_layer)`` contiguously and in order."""
+    position = first_layer
+    for segment in segments:
+        if segment.start != position:
+            return False
+        position = segment.end
+    return position == last_layer
