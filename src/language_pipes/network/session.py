@@ -1,0 +1,88 @@
+"""An authenticated, encrypted connection to one peer (either direction).
+
+A session seals every outgoing message with its sending key and opens every
+incoming one with its receiving key (see :mod:`language_pipes.network.crypto`);
+the associated data binds the sender's node id and the message kind, so a
+frame cannot be passed off as coming from another node or as another kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from language_pipes.network.crypto import ReceivingCipher, SendingCipher
+from language_pipes.network.types import NodeId
+from language_pipes.network.wire import (
+    Envelope,
+    InnerHeader,
+    Role,
+    decode_inner_header,
+    encode_data_envelope,
+    encode_inner_header,
+)
+
+Transmit = Callable[[Sequence[bytes]], Awaitable[Any]]
+
+
+def data_associated_bytes(sender_id: str, kind: str) -> bytes:
+    return b"language-pipes data\x00" + sender_id.encode() + b"\x00" + kind.encode()
+
+
+class Session:
+    """One direction pair of keys plus the way to put frames on this connection."""
+
+    def __init__(
+        self,
+        own_id: NodeId,
+        peer_id: NodeId,
+        peer_address: str,
+        sending_key: bytes,
+        receiving_key: bytes,
+        transmit: Transmit,
+    ) -> None:
+        self.own_id = own_id
+        self.peer_id = peer_id
+        self.peer_address = peer_address
+        self._sending = SendingCipher(sending_key)
+        self._receiving = ReceivingCipher(receiving_key)
+        self._transmit = transmit
+
+    def seal(
+        self,
+        kind: str,
+        role: Role,
+        correlation_id: int,
+        header: dict[str, Any] | bytes,
+        payload: bytes | memoryview,
+    ) -> list[bytes]:
+        """The frames of one message; sealing takes the next counters, so send them in this order."""
+        inner = encode_inner_header(role, correlation_id, header)
+        first_counter, (sealed_header, sealed_payload) = self._sending.seal(
+            data_associated_bytes(self.own_id, kind), inner, payload
+        )
+        return [encode_data_envelope(first_counter, kind), sealed_header, sealed_payload]
+
+    async def send(
+        self,
+        kind: str,
+        role: Role,
+        correlation_id: int,
+        header: dict[str, Any] | bytes,
+        payload: bytes | memoryview,
+    ) -> None:
+        # seal() and the synchronous part of transmit() run without yielding, so
+        # concurrent senders hand frames to ZeroMQ in counter order.
+        await self._transmit(self.seal(kind, role, correlation_id, header, payload))
+
+    def open(
+        self, envelope: Envelope, sealed_header: bytes | memoryview, sealed_payload: bytes | memoryview
+    ) -> tuple[InnerHeader, bytes]:
+        """Authenticate and decrypt one message; raises FrameRejected or MalformedFrame."""
+        inner, payload = self._receiving.open(
+            envelope.counter,
+            data_associated_bytes(self.peer_id, envelope.kind),
+            sealed_header,
+            sealed_payload,
+        )
+        return decode_inner_header(inner), payload

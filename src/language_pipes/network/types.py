@@ -1,0 +1,140 @@
+"""Plain data of the network layer: node ids, message kinds, node records and errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NewType
+
+NodeId = NewType("NodeId", str)
+MessageKind = NewType("MessageKind", str)
+
+# Kinds starting with this prefix are the network's own (heartbeat, gossip, leave).
+RESERVED_KIND_PREFIX = "lp."
+MAX_KIND_BYTES = 255
+
+
+class NetworkError(Exception):
+    """Base class of the errors the network layer raises to its callers."""
+
+
+class PeerUnavailableError(NetworkError):
+    """The peer is not (or no longer) a live, authenticated member of the network."""
+
+
+class PeerLostError(PeerUnavailableError):
+    """The peer was dropped while a request to it was waiting for its reply."""
+
+
+class PeerRequestTimeout(NetworkError, TimeoutError):
+    """A request got no reply within its timeout."""
+
+
+class PeerRequestFailed(NetworkError):
+    """The peer answered a request with an error (no handler, or its handler raised)."""
+
+
+class NotWhitelistedError(PeerUnavailableError):
+    """``whitelist_node_ids`` forbids talking to this node."""
+
+
+@dataclass(frozen=True)
+class HostedSegment:
+    """Layers ``start_layer <= i < end_layer`` of ``model_id`` hosted by a node."""
+
+    model_id: str
+    start_layer: int
+    end_layer: int
+    loaded: bool
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "start_layer": self.start_layer,
+            "end_layer": self.end_layer,
+            "loaded": self.loaded,
+        }
+
+    @staticmethod
+    def from_wire(data: Any) -> HostedSegment:
+        if not isinstance(data, dict):
+            raise ValueError("segment must be an object")
+        model_id, start, end, loaded = (
+            data.get("model_id"),
+            data.get("start_layer"),
+            data.get("end_layer"),
+            data.get("loaded"),
+        )
+        if not isinstance(model_id, str) or not model_id:
+            raise ValueError("segment model_id must be a non-empty string")
+        if not _is_int(start) or not _is_int(end) or not 0 <= start < end:
+            raise ValueError("segment needs integers 0 <= start_layer < end_layer")
+        if not isinstance(loaded, bool):
+            raise ValueError("segment loaded must be a boolean")
+        return HostedSegment(model_id, start, end, loaded)
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """What a node tells the network about itself; signed by its owner and gossiped.
+
+    ``version`` grows with every change (and across restarts: it starts from the
+    wall clock in nanoseconds), so the newest record always wins.
+    """
+
+    node_id: NodeId
+    public_key: bytes
+    address: str
+    port: int
+    segments: tuple[HostedSegment, ...]
+    end_models: tuple[str, ...]
+    load: int
+    version: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "public_key": self.public_key.hex(),
+            "address": self.address,
+            "port": self.port,
+            "segments": [segment.to_wire() for segment in self.segments],
+            "end_models": list(self.end_models),
+            "load": self.load,
+            "version": self.version,
+        }
+
+    @staticmethod
+    def from_wire(data: Any) -> NodeRecord:
+        if not isinstance(data, dict):
+            raise ValueError("record must be an object")
+        node_id, address, port = data.get("node_id"), data.get("address"), data.get("port")
+        load, version, end_models = data.get("load"), data.get("version"), data.get("end_models")
+        if not isinstance(node_id, str) or not node_id:
+            raise ValueError("record node_id must be a non-empty string")
+        if not isinstance(address, str) or not address:
+            raise ValueError("record address must be a non-empty string")
+        if not _is_int(port) or not 0 < port < 65536:
+            raise ValueError("record port must be 1..65535")
+        if not _is_int(load) or load < 0 or not _is_int(version) or version < 0:
+            raise ValueError("record load and version must be non-negative integers")
+        if not isinstance(end_models, list) or not all(isinstance(m, str) for m in end_models):
+            raise ValueError("record end_models must be a list of strings")
+        segments = data.get("segments")
+        if not isinstance(segments, list):
+            raise ValueError("record segments must be a list")
+        public_key = bytes.fromhex(str(data.get("public_key", "")))
+        if len(public_key) != 32:
+            raise ValueError("record public_key must be 32 bytes")
+        return NodeRecord(
+            node_id=NodeId(node_id),
+            public_key=public_key,
+            address=address,
+            port=port,
+            segments=tuple(HostedSegment.from_wire(segment) for segment in segments),
+            end_models=tuple(end_models),
+            load=load,
+            version=version,
+        )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
