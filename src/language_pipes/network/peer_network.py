@@ -140,7 +140,13 @@ class _LocalState:
 
 
 class PeerNetwork:
-    """One node's membership in the peer-to-peer network."""
+    """One node's membership in the peer-to-peer network.
+
+    ``failure_timeout_s`` bounds how long a silent peer stays listed: it is
+    dropped (and ``on_peer_lost`` fires) at most that long after it was last
+    heard. Heartbeats go every ``heartbeat_interval_s`` (default: an eighth of
+    the timeout, between 0.1 and 1 s).
+    """
 
     def __init__(
         self,
@@ -840,7 +846,9 @@ class PeerNetwork:
         gossip_every = max(1, round(1.0 / self._heartbeat_interval_s))
         for tick in itertools.count():
             now = time.monotonic()
-            for node_id in self._membership.silent_peers(now, self.failure_timeout_s):
+            # Checked once per tick, so a peer silent for (timeout - tick) is dropped by the timeout.
+            silence_limit = self.failure_timeout_s - self._heartbeat_interval_s
+            for node_id in self._membership.silent_peers(now, silence_limit):
                 self._drop_peer(node_id, f"no answer for {self.failure_timeout_s:g} s")
             self._retry_bootstrap(now)
             for connection in list(self._peer_connections.values()):
