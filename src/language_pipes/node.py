@@ -8,6 +8,7 @@ SIGINT or SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -24,12 +25,23 @@ from language_pipes.models.end_model import EndModel
 from language_pipes.models.partial import DTYPES, ModelSource
 from language_pipes.models.segment import LayerSegment
 from language_pipes.models.store import ModelStore
+from language_pipes.network.identity import load_or_create_identity
+from language_pipes.network.peer_network import PeerNetwork
+from language_pipes.network.types import HostedSegment, NodeId
 from language_pipes.pipes.placement import LayerSpan, choose_span, layers_that_fit
-from language_pipes.pipes.route import Route, chains
+from language_pipes.pipes.remote import RemoteSegment
+from language_pipes.pipes.route import LocalHop, Route, SegmentRunner
+from language_pipes.pipes.routing import Hop, Offer, plan_route
+from language_pipes.pipes.worker import LayerWorker
 
 log = logging.getLogger("language_pipes.node")
 
 GIGABYTE = 1_000_000_000
+FAILURE_TIMEOUT_S = 3.0
+BOOTSTRAP_SETTLE_S = 3.0
+LOAD_REPORT_INTERVAL_S = 1.0
+# Layer nodes start pipes after the end model's local layers (num_local_layers defaults to 1).
+DEFAULT_FIRST_SHARED_LAYER = 1
 
 
 @dataclass
@@ -51,33 +63,74 @@ class Node:
         self.config = config
         self.store = store or ModelStore()
         self.models: dict[ModelId, HostedModel] = {}
-        self._routes: dict[ModelId, Route] = {}
+        self._routes: dict[tuple[Hop, ...], Route] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.network = PeerNetwork(
+            load_or_create_identity(config.node_id),
+            listen_host="0.0.0.0",
+            peer_port=config.peer_port,
+            advertise_ip=config.network_ip,
+            network_key=bytes.fromhex(config.network_key) if config.network_key else None,
+            whitelist=config.whitelist_node_ids,
+            bootstrap=[(node.address, node.port) for node in config.bootstrap_nodes],
+            failure_timeout_s=FAILURE_TIMEOUT_S,
+        )
+        self.worker = LayerWorker(self.network, config.max_node_jobs)
+        self.network.on_peer_lost(self._on_peer_lost)
         self.api_server: ApiServer | None = None
+
+    @property
+    def node_id(self) -> NodeId:
+        return NodeId(self.config.node_id)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         torch.set_num_threads(self.config.torch_threads)
-        await asyncio.to_thread(self._load_models)
-        for hosted in self.models.values():
-            if hosted.end_model is not None:
-                hosted.scheduler = Scheduler(hosted.end_model, lambda m=hosted.model_id: self.route_for(m))
-                hosted.scheduler.start()
-                hosted.generator = ModelGenerator(hosted.end_model, hosted.scheduler)
+        await self.network.start()
+        log.info("peer network on port %d as %s", self.config.peer_port, self.config.node_id)
+        if self.config.bootstrap_nodes:
+            await self._wait_for_peers()
+        await asyncio.to_thread(self._load_end_models)
+        self._publish_record()
+        for entry in self.config.layer_models:
+            await self._load_layer_model(entry)
+        self.worker.start()
+        self._start_schedulers()
+        self._tasks.append(asyncio.create_task(self._report_load()))
         if self.config.job_port is not None:
             app = create_app(self, api_keys=list(self.config.api_keys), max_api_jobs=self.config.max_api_jobs)
             self.api_server = ApiServer(app, host="0.0.0.0", port=self.config.job_port)
             await self.api_server.start()
             log.info("OpenAI-compatible API on http://127.0.0.1:%d/v1", self.config.job_port)
-        for model_id in self.servable_models():
-            log.info("serving %s", model_id)
 
     async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         if self.api_server is not None:
             await self.api_server.stop()
         for hosted in self.models.values():
             if hosted.scheduler is not None:
-                hosted.scheduler.stop()
+                await asyncio.to_thread(hosted.scheduler.stop)
+        await self.worker.stop()
+        await self.network.stop()
+
+    async def _wait_for_peers(self) -> None:
+        """Give bootstrap and gossip a moment so placement sees what the network already hosts."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BOOTSTRAP_SETTLE_S
+        while loop.time() < deadline and len(self.network.records()) < 2:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # one more gossip round brings peers of peers
+
+    def _start_schedulers(self) -> None:
+        for hosted in self.models.values():
+            if hosted.end_model is not None:
+                hosted.scheduler = Scheduler(hosted.end_model, lambda m=hosted.model_id: self.route_for(m))
+                hosted.scheduler.start()
+                hosted.generator = ModelGenerator(hosted.end_model, hosted.scheduler)
 
     # -- models ----------------------------------------------------------------------------
 
@@ -88,11 +141,9 @@ class Node:
             self.models[key] = HostedModel(key, ModelSource.open(folder))
         return self.models[key]
 
-    def _load_models(self) -> None:
+    def _load_end_models(self) -> None:
         for entry in self.config.end_models:
             self._load_end_model(entry)
-        for entry in self.config.layer_models:
-            self._load_layer_model(entry)
 
     def _load_end_model(self, entry: EndModelConfig) -> None:
         hosted = self._source(entry.model_id)
@@ -111,58 +162,110 @@ class Node:
             source=hosted.source,
         )
 
-    def _load_layer_model(self, entry: LayerModelConfig) -> None:
-        hosted = self._source(entry.model_id)
+    async def _load_layer_model(self, entry: LayerModelConfig) -> None:
+        hosted = await asyncio.to_thread(self._source, entry.model_id)
         dtype = DTYPES[entry.data_type]
         capacity = layers_that_fit(
             entry.memory * GIGABYTE,
             hosted.source.layer_nbytes(dtype),
             hosted.source.kv_bytes_per_token(dtype),
         )
-        span = choose_span(
-            hosted.source.num_layers, self._first_shared_layer(hosted), self._covered(hosted), capacity
+        first = (
+            hosted.end_model.local_layers.end if hosted.end_model is not None else DEFAULT_FIRST_SHARED_LAYER
         )
+        span = choose_span(hosted.source.num_layers, first, self._covered(entry.model_id), capacity)
         if span is None:
             log.warning(
-                "layer model %s: nothing to host (budget %.2f GB fits %d layers)",
+                "layer model %s: nothing to host (%.2f GB fits %d layers)",
                 entry.model_id,
                 entry.memory,
                 capacity,
             )
             return
-        log.info(
-            "loading layers %d-%d of %s on %s (%s)",
-            span.start,
-            span.end - 1,
-            entry.model_id,
-            entry.device,
-            entry.data_type,
+        log.info("loading layers %d-%d of %s on %s", span.start, span.end - 1, entry.model_id, entry.device)
+        self._publish_record(claiming=HostedSegment(entry.model_id, span.start, span.end, loaded=False))
+        segment = await asyncio.to_thread(
+            LayerSegment, hosted.source, span.start, span.end, dtype, torch.device(entry.device)
         )
-        hosted.segments.append(
-            LayerSegment(hosted.source, span.start, span.end, dtype, torch.device(entry.device))
-        )
+        hosted.segments.append(segment)
+        self.worker.host(entry.model_id, segment)
+        self._publish_record()
 
-    def _first_shared_layer(self, hosted: HostedModel) -> int:
-        return hosted.end_model.local_layers.end if hosted.end_model is not None else 1
+    def _covered(self, model_id: str) -> list[LayerSpan]:
+        return [
+            LayerSpan(segment.start_layer, segment.end_layer)
+            for record in self.network.records().values()
+            for segment in record.segments
+            if segment.model_id == model_id
+        ]
 
-    def _covered(self, hosted: HostedModel) -> list[LayerSpan]:
-        return [LayerSpan(s.start, s.end) for s in hosted.segments]
+    def _publish_record(self, claiming: HostedSegment | None = None) -> None:
+        segments = [
+            HostedSegment(hosted.model_id, segment.start, segment.end, loaded=True)
+            for hosted in self.models.values()
+            for segment in hosted.segments
+        ]
+        if claiming is not None:
+            segments.append(claiming)
+        end_models = [m for m, hosted in self.models.items() if hosted.end_model is not None]
+        self.network.set_local_record(segments=segments, end_models=end_models, load=self._load())
+
+    def _load(self) -> int:
+        local = sum(h.scheduler.active_count for h in self.models.values() if h.scheduler is not None)
+        return local + self.worker.sequence_count
+
+    async def _report_load(self) -> None:
+        reported = -1
+        while True:
+            await asyncio.sleep(LOAD_REPORT_INTERVAL_S)
+            load = self._load()
+            if load != reported:
+                self.network.set_local_record(load=load)
+                reported = load
+
+    def _on_peer_lost(self, node_id: NodeId) -> None:
+        log.warning("peer %s is gone; its segments leave every pipe", node_id)
+        self.worker.forget_origin(node_id)
 
     # -- routing ---------------------------------------------------------------------------
 
     def route_for(self, model_id: ModelId) -> Route | None:
-        """A complete chain of segments after the end model's local layers, or None."""
+        """A complete chain of hops after the end model's local layers, or None."""
         hosted = self.models.get(model_id)
         if hosted is None or hosted.end_model is None:
             return None
-        cached = self._routes.get(model_id)
-        if cached is not None:
-            return cached
-        segments = sorted(hosted.segments, key=lambda s: s.start)
-        if not chains(hosted.end_model.local_layers.end, hosted.source.num_layers, segments):
+        offers = [
+            Offer(record.node_id, segment.start_layer, segment.end_layer, record.load)
+            for record in self.network.records().values()
+            if record.node_id != self.node_id
+            for segment in record.segments
+            if segment.model_id == model_id and segment.loaded
+        ]
+        offers += [Offer(self.node_id, s.start, s.end, 0) for s in hosted.segments]
+        hops = plan_route(hosted.end_model.local_layers.end, hosted.source.num_layers, offers, self.node_id)
+        if hops is None:
             return None
-        route = self._routes[model_id] = Route(segments, name="local")
+        route = self._routes.get(hops)
+        if route is None:
+            route = self._routes[hops] = Route(
+                [self._runner(hosted, hop) for hop in hops], name=_describe(hops)
+            )
         return route
+
+    def _runner(self, hosted: HostedModel, hop: Hop) -> SegmentRunner:
+        if hop.node_id == self.node_id:
+            segment = next(s for s in hosted.segments if s.start <= hop.start and hop.end <= s.end)
+            return LocalHop(segment, hop.start, hop.end)
+        assert self._loop is not None and hosted.end_model is not None
+        return RemoteSegment(
+            self.network,
+            self._loop,
+            NodeId(hop.node_id),
+            hosted.model_id,
+            hop.start,
+            hop.end,
+            hosted.end_model.dtype,
+        )
 
     # -- ModelCatalog (what the API sees) ---------------------------------------------------
 
@@ -176,6 +279,10 @@ class Node:
         if self.route_for(hosted.model_id) is None:
             raise ModelUnavailableError(model_id)
         return hosted.generator
+
+
+def _describe(hops: tuple[Hop, ...]) -> str:
+    return " -> ".join(f"{hop.node_id}[{hop.start}:{hop.end}]" for hop in hops)
 
 
 def run_node(config: NodeConfig) -> int:
@@ -194,7 +301,8 @@ async def _serve(config: NodeConfig) -> int:
     except Exception as error:  # noqa: BLE001 - a start-up failure is reported in one line, not a traceback
         log.error("node %s failed to start: %s", config.node_id, error)
         log.debug("start-up failure", exc_info=True)
-        await node.stop()
+        with contextlib.suppress(Exception):  # best effort: the start failure is what the user must see
+            await node.stop()
         return 1
     log.info("node %s is running; press Ctrl-C to stop", config.node_id)
     await stopping.wait()

@@ -99,6 +99,13 @@ class Scheduler:
             if sequence.route is None:
                 sequence.finish("error", "no complete pipe serves this model right now", 503)
                 continue
+            try:
+                sequence.route.open(sequence.sequence_id)
+            except Exception as error:  # noqa: BLE001 - a hop refused or is gone: this request fails, not the loop
+                log.warning("could not open sequence on %s: %s", sequence.route, error)
+                sequence.finish("error", f"the pipe refused the request: {error}", 503)
+                sequence.route.release(sequence.sequence_id)
+                continue
             self._active.append(sequence)
 
     def _drop_finished(self) -> None:

@@ -64,22 +64,32 @@ class LayerSegment:
     def layer_range(self) -> range:
         return range(self.start, self.end)
 
-    def forward(self, hidden: torch.Tensor, batch: SegmentBatch) -> torch.Tensor:
-        """Run the hosted layers on a packed ``[1, tokens, hidden]`` step; extends each sequence's cache."""
-        if not self.layers:
+    def forward(
+        self, hidden: torch.Tensor, batch: SegmentBatch, start: int | None = None, end: int | None = None
+    ) -> torch.Tensor:
+        """Run hosted layers ``[start, end)`` (default: all) on a packed ``[1, tokens, hidden]`` step.
+
+        Extends each sequence's cache in those layers.
+        """
+        start = self.start if start is None else start
+        end = self.end if end is None else end
+        if not self.start <= start <= end <= self.end:
+            raise ValueError(f"layers {start}-{end} are outside this segment's {self.start}-{self.end}")
+        if start == end:
             return hidden
         caches = tuple(
-            self._cache_for(sid, pos)
+            self._cache_for(sid, pos, start)
             for sid, pos in zip(batch.sequence_ids, batch.start_positions, strict=True)
         )
         hidden = hidden.to(device=self.device, dtype=self.dtype)
         position_ids = batch.position_ids(self.device)
         layout = PackedLayout(caches=caches, lengths=batch.lengths)
+        layers = self.layers[start - self.start : end - self.start]
         with torch.inference_mode():
             embeddings = self.family.position_embeddings(
-                self.model_id_config, self.rotary, hidden, position_ids, self.layer_range
+                self.model_id_config, self.rotary, hidden, position_ids, range(start, end)
             )
-            for layer, position_embeddings in zip(self.layers, embeddings, strict=True):
+            for layer, position_embeddings in zip(layers, embeddings, strict=True):
                 output = layer(
                     hidden,
                     attention_mask=None,
@@ -90,7 +100,10 @@ class LayerSegment:
                 hidden = output[0] if isinstance(output, tuple) else output
         return hidden
 
-    def _cache_for(self, sequence_id: SequenceId, start_position: int) -> SequenceCache:
+    def open(self, sequence_id: SequenceId) -> None:
+        """Nothing to reserve for a local segment: its caches are created on the first step."""
+
+    def _cache_for(self, sequence_id: SequenceId, start_position: int, first_layer: int) -> SequenceCache:
         with self._lock:
             self._last_used[sequence_id] = time.monotonic()
             cache = self._caches.get(sequence_id)
@@ -98,9 +111,10 @@ class LayerSegment:
                 if start_position != 0:
                     raise UnknownSequenceError(sequence_id)
                 cache = self._caches[sequence_id] = SequenceCache(self.layer_range)
-            if cache.length > start_position:
+            length = cache.layers[first_layer].length
+            if length > start_position:
                 cache.truncate(start_position)  # a replayed or retried step overwrites what followed
-            elif cache.length < start_position:
+            elif length < start_position:
                 raise UnknownSequenceError(sequence_id)
             return cache
 

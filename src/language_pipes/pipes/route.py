@@ -23,6 +23,10 @@ class SegmentRunner(Protocol):
 
     def forward(self, hidden: torch.Tensor, batch: SegmentBatch) -> torch.Tensor: ...
 
+    def open(self, sequence_id: SequenceId) -> None:
+        """Reserve room for a new sequence; raises when the hop refuses it."""
+        ...
+
     def release(self, sequence_id: SequenceId) -> None: ...
 
 
@@ -37,6 +41,11 @@ class Route:
         for segment in self.segments:
             hidden = segment.forward(hidden, batch)
         return hidden
+
+    def open(self, sequence_id: SequenceId) -> None:
+        """Reserve the sequence on every hop; raises the first hop's refusal."""
+        for segment in self.segments:
+            segment.open(sequence_id)
 
     def release(self, sequence_id: SequenceId) -> None:
         for segment in self.segments:
@@ -58,3 +67,28 @@ def chains(first_layer: int, last_layer: int, segments: Sequence[SegmentRunner])
             return False
         position = segment.end
     return position == last_layer
+
+
+class LocalHop:
+    """Layers ``[start, end)`` of a segment hosted on this node, run by a function call."""
+
+    def __init__(self, segment: LayerSegmentLike, start: int, end: int) -> None:
+        self.segment = segment
+        self.start, self.end = start, end
+
+    def forward(self, hidden: torch.Tensor, batch: SegmentBatch) -> torch.Tensor:
+        return self.segment.forward(hidden, batch, self.start, self.end)
+
+    def open(self, sequence_id: SequenceId) -> None:
+        self.segment.open(sequence_id)
+
+    def release(self, sequence_id: SequenceId) -> None:
+        self.segment.release(sequence_id)
+
+
+class LayerSegmentLike(Protocol):
+    def forward(self, hidden: torch.Tensor, batch: SegmentBatch, start: int, end: int) -> torch.Tensor: ...
+
+    def open(self, sequence_id: SequenceId) -> None: ...
+
+    def release(self, sequence_id: SequenceId) -> None: ...

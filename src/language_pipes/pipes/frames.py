@@ -1,0 +1,115 @@
+"""The binary layout of pipe messages: a small struct header plus raw hidden-state bytes.
+
+A step header names the model, the layers to run and, for each sequence in
+the packed batch, its opaque id, first position and number of new tokens.
+No token ids or text ever appear here: layer nodes only see hidden states.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import torch
+
+from language_pipes.engine.types import SequenceId
+from language_pipes.models.segment import SegmentBatch
+
+KIND_OPEN = "pipe.open"
+KIND_STEP = "pipe.step"
+KIND_RELEASE = "pipe.release"
+
+_DTYPE_CODES: dict[torch.dtype, int] = {torch.bfloat16: 1, torch.float16: 2, torch.float32: 3}
+_DTYPES_BY_CODE = {code: dtype for dtype, code in _DTYPE_CODES.items()}
+
+_STEP_FIXED = struct.Struct("!HHHBII")  # model id length, start, end, dtype, hidden size, sequence count
+_SEQUENCE = struct.Struct("!16sII")  # sequence id, start position, new tokens
+
+
+class MalformedPipeFrame(ValueError):
+    """Bytes that do not follow the pipe frame layout."""
+
+
+@dataclass(frozen=True)
+class StepHeader:
+    model_id: str
+    start_layer: int
+    end_layer: int
+    dtype: torch.dtype
+    hidden_size: int
+    batch: SegmentBatch
+
+
+def encode_sequence_id(sequence_id: SequenceId) -> bytes:
+    return bytes.fromhex(sequence_id)
+
+
+def decode_sequence_id(raw: bytes) -> SequenceId:
+    return SequenceId(raw.hex())
+
+
+def encode_step(header: StepHeader) -> bytes:
+    model = header.model_id.encode()
+    batch = header.batch
+    fixed = _STEP_FIXED.pack(
+        len(model),
+        header.start_layer,
+        header.end_layer,
+        _DTYPE_CODES[header.dtype],
+        header.hidden_size,
+        len(batch.sequence_ids),
+    )
+    rows = b"".join(
+        _SEQUENCE.pack(encode_sequence_id(sid), start, length)
+        for sid, start, length in zip(batch.sequence_ids, batch.start_positions, batch.lengths, strict=True)
+    )
+    return fixed + model + rows
+
+
+def decode_step(raw: bytes) -> StepHeader:
+    try:
+        model_length, start, end, dtype_code, hidden_size, count = _STEP_FIXED.unpack_from(raw)
+        offset = _STEP_FIXED.size
+        model_id = raw[offset : offset + model_length].decode()
+        offset += model_length
+        rows = [_SEQUENCE.unpack_from(raw, offset + i * _SEQUENCE.size) for i in range(count)]
+        dtype = _DTYPES_BY_CODE[dtype_code]
+    except (struct.error, KeyError, UnicodeDecodeError) as error:
+        # Any layout violation is the sender's fault; the handler turns this into an error reply.
+        raise MalformedPipeFrame(f"bad step header: {error}") from error
+    if offset + count * _SEQUENCE.size != len(raw):
+        raise MalformedPipeFrame("step header has trailing bytes")
+    batch = SegmentBatch(
+        sequence_ids=tuple(decode_sequence_id(r[0]) for r in rows),
+        start_positions=tuple(r[1] for r in rows),
+        lengths=tuple(r[2] for r in rows),
+    )
+    return StepHeader(model_id, start, end, dtype, hidden_size, batch)
+
+
+def tensor_bytes(hidden: torch.Tensor) -> memoryview:
+    """The raw bytes of a contiguous CPU tensor, without a copy."""
+    flat = hidden.detach().to("cpu").contiguous().view(-1)
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def tensor_from_bytes(raw: bytes | memoryview, dtype: torch.dtype, hidden_size: int) -> torch.Tensor:
+    """``[1, tokens, hidden_size]`` tensor over the received bytes."""
+    values = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype)
+    if values.numel() % hidden_size:
+        raise MalformedPipeFrame("payload size is not a multiple of the hidden size")
+    return values.view(1, -1, hidden_size)
+
+
+def encode_sequence_ids(sequence_ids: list[SequenceId]) -> bytes:
+    return b"".join(encode_sequence_id(sid) for sid in sequence_ids)
+
+
+def decode_sequence_ids(raw: bytes) -> list[SequenceId]:
+    if len(raw) % 16:
+        raise MalformedPipeFrame("sequence id list must be a multiple of 16 bytes")
+    return [decode_sequence_id(raw[i : i + 16]) for i in range(0, len(raw), 16)]
+
+
+def dtype_code(dtype: torch.dtype) -> int:
+    return _DTYPE_CODES[dtype]

@@ -1,0 +1,82 @@
+"""A hop on another node, as the origin's scheduler thread sees it.
+
+:class:`RemoteSegment` looks like a local :class:`LayerSegment` (``open``,
+``forward``, ``release``) but each call is a message over the peer network.
+The scheduler thread blocks on the network's event loop for the reply; a lost
+peer surfaces as an exception within the network's failure timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import torch
+
+from language_pipes.engine.types import SequenceId
+from language_pipes.models.segment import SegmentBatch
+from language_pipes.network.peer_network import PeerNetwork
+from language_pipes.network.types import NodeId
+from language_pipes.pipes.frames import (
+    KIND_OPEN,
+    KIND_RELEASE,
+    KIND_STEP,
+    StepHeader,
+    encode_sequence_ids,
+    encode_step,
+    tensor_bytes,
+    tensor_from_bytes,
+)
+
+T = TypeVar("T")
+
+STEP_TIMEOUT_S = 120.0
+OPEN_TIMEOUT_S = 5.0
+
+
+class RemoteSegment:
+    """Layers ``[start, end)`` of ``model_id`` run by ``node_id``."""
+
+    def __init__(
+        self,
+        network: PeerNetwork,
+        loop: asyncio.AbstractEventLoop,
+        node_id: NodeId,
+        model_id: str,
+        start: int,
+        end: int,
+        dtype: torch.dtype,
+    ) -> None:
+        self.network = network
+        self.loop = loop
+        self.node_id = node_id
+        self.model_id = model_id
+        self.start, self.end = start, end
+        self.dtype = dtype
+
+    def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout + 1.0)
+
+    def open(self, sequence_id: SequenceId) -> None:
+        header = {"model_id": self.model_id, "start": self.start, "end": self.end}
+        payload = encode_sequence_ids([sequence_id])
+        self._call(
+            self.network.request(self.node_id, KIND_OPEN, header, payload, OPEN_TIMEOUT_S), OPEN_TIMEOUT_S
+        )
+
+    def forward(self, hidden: torch.Tensor, batch: SegmentBatch) -> torch.Tensor:
+        header = StepHeader(self.model_id, self.start, self.end, self.dtype, hidden.shape[-1], batch)
+        request = self.network.request(
+            self.node_id, KIND_STEP, encode_step(header), tensor_bytes(hidden.to(self.dtype)), STEP_TIMEOUT_S
+        )
+        _, payload = self._call(request, STEP_TIMEOUT_S)
+        return tensor_from_bytes(payload, self.dtype, hidden.shape[-1])
+
+    def release(self, sequence_id: SequenceId) -> None:
+        if not self.network.is_live(self.node_id):
+            return
+        message = self.network.send(self.node_id, KIND_RELEASE, b"", encode_sequence_ids([sequence_id]))
+        asyncio.run_coroutine_threadsafe(
+            message, self.loop
+        )  # fire and forget: the worker also sweeps idle caches

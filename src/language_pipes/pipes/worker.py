@@ -1,0 +1,129 @@
+"""The layer worker: runs hosted segments for other nodes' sequences.
+
+It answers three messages from origins: ``pipe.open`` (reserve room for a new
+sequence, refused beyond ``max_node_jobs`` per origin), ``pipe.step`` (run a
+packed batch through a layer range and reply with the hidden states) and
+``pipe.release`` (free caches). Layer compute runs on one worker thread so the
+event loop keeps serving the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from language_pipes.engine.types import SequenceId
+from language_pipes.models.segment import LayerSegment
+from language_pipes.network.peer_network import Header, PeerNetwork, Reply
+from language_pipes.network.types import NodeId
+from language_pipes.pipes.frames import (
+    KIND_OPEN,
+    KIND_RELEASE,
+    KIND_STEP,
+    decode_sequence_ids,
+    decode_step,
+    tensor_bytes,
+    tensor_from_bytes,
+)
+
+log = logging.getLogger(__name__)
+
+IDLE_SEQUENCE_TIMEOUT_S = 600.0
+
+
+class NodeBusyError(RuntimeError):
+    """The origin already holds ``max_node_jobs`` sequences on this node."""
+
+
+class LayerWorker:
+    """Serves this node's layer segments to the network."""
+
+    def __init__(self, network: PeerNetwork, max_node_jobs: int) -> None:
+        self.network = network
+        self.max_node_jobs = max_node_jobs
+        self.segments: dict[str, list[LayerSegment]] = {}
+        self._owners: dict[NodeId, set[SequenceId]] = {}
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="layers")
+        self._sweeper: asyncio.Task[None] | None = None
+        network.register_handler(KIND_OPEN, self._on_open)
+        network.register_handler(KIND_STEP, self._on_step)
+        network.register_handler(KIND_RELEASE, self._on_release)
+
+    def host(self, model_id: str, segment: LayerSegment) -> None:
+        self.segments.setdefault(model_id, []).append(segment)
+
+    def start(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_idle())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._compute.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def sequence_count(self) -> int:
+        return sum(len(owned) for owned in self._owners.values())
+
+    def _segment_for(self, model_id: str, start: int, end: int) -> LayerSegment:
+        for segment in self.segments.get(model_id, ()):
+            if segment.start <= start and end <= segment.end:
+                return segment
+        raise LookupError(f"this node does not host layers {start}-{end} of {model_id}")
+
+    async def _on_open(self, sender: NodeId, header: Header, payload: bytes) -> Reply:
+        if not isinstance(header, dict):
+            raise ValueError("pipe.open needs a header object")
+        self._segment_for(str(header.get("model_id")), int(header["start"]), int(header["end"]))
+        owned = self._owners.setdefault(sender, set())
+        new = [sid for sid in decode_sequence_ids(payload) if sid not in owned]
+        if len(owned) + len(new) > self.max_node_jobs:
+            raise NodeBusyError(
+                f"node {self.network.node_id} already holds {len(owned)} sequences for {sender} "
+                f"(max_node_jobs = {self.max_node_jobs})"
+            )
+        owned.update(new)
+        return {"accepted": len(new)}, b""
+
+    async def _on_step(self, sender: NodeId, header: Header, payload: bytes) -> Reply:
+        if not isinstance(header, bytes):
+            raise ValueError("pipe.step needs a binary header")
+        step = decode_step(header)
+        segment = self._segment_for(step.model_id, step.start_layer, step.end_layer)
+        owned = self._owners.get(sender, set())
+        unknown = [sid for sid in step.batch.sequence_ids if sid not in owned]
+        if unknown:
+            raise LookupError(f"sequences not opened on this node: {', '.join(unknown)}")
+        hidden = tensor_from_bytes(payload, step.dtype, step.hidden_size)
+
+        def run() -> memoryview:
+            output = segment.forward(hidden, step.batch, step.start_layer, step.end_layer)
+            return tensor_bytes(output.to(step.dtype))
+
+        loop = asyncio.get_running_loop()
+        return b"", await loop.run_in_executor(self._compute, run)
+
+    async def _on_release(self, sender: NodeId, header: Header, payload: bytes) -> Reply | None:
+        owned = self._owners.get(sender, set())
+        for sequence_id in decode_sequence_ids(payload):
+            owned.discard(sequence_id)
+            for segments in self.segments.values():
+                for segment in segments:
+                    segment.release(sequence_id)
+        return None
+
+    def forget_origin(self, origin: NodeId) -> None:
+        """An origin left the network: free everything it held here."""
+        for sequence_id in self._owners.pop(origin, set()):
+            for segments in self.segments.values():
+                for segment in segments:
+                    segment.release(sequence_id)
+
+    async def _sweep_idle(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_SEQUENCE_TIMEOUT_S / 10)
+            for segments in self.segments.values():
+                for segment in segments:
+                    for sequence_id in segment.release_idle(IDLE_SEQUENCE_TIMEOUT_S):
+                        for owned in self._owners.values():
+                            owned.discard(sequence_id)
