@@ -68,6 +68,7 @@ class ModelSource:
         local = self.family.convert_checkpoint({name[len(prefix) :]: t for name, t in tensors.items()})
         module = module.to(dtype=dtype).to_empty(device=device)
         module.load_state_dict(local, strict=True, assign=True)
+        self.family.fill_computed_buffers(module)
         return module.eval()
 
     def load_head(self, dtype: torch.dtype, device: torch.device) -> nn.Module:
