@@ -3,7 +3,9 @@
 Everything else (attention, MLP, norms, MoE routing) runs inside transformers'
 own decoder-layer modules. An adapter only says how to compute the rotary
 position embeddings a layer expects, how to map checkpoint tensors onto the
-modules (when transformers fuses them at load time), and how to finish logits.
+modules (when transformers fuses them at load time), how to fill the buffers a
+checkpoint does not store (a module materialised from the meta device holds
+garbage there), and how to finish logits.
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ class Family:
         """Map checkpoint tensor names/layouts onto the module's parameter names."""
         return tensors
 
+    def fill_computed_buffers(self, module: nn.Module) -> None:
+        """Set the non-persistent buffers of a freshly materialised module (not in any checkpoint).
+
+        The default family knows none, so it refuses a module that has some rather
+        than run with uninitialised memory.
+        """
+        _refuse_unfilled_buffers(self.name, module, filled=frozenset())
+
     def finish_logits(self, config: PretrainedConfig, logits: torch.Tensor) -> torch.Tensor:
         softcap = getattr(config, "final_logit_softcapping", None)
         if softcap:
@@ -49,7 +59,7 @@ class Family:
 
 @dataclass(frozen=True)
 class PerLayerTypeRotaryFamily(Family):
-    """Gemma 3: sliding and full-attention layers use different rotary bases."""
+    """Gemma 3: per-layer-type rotary bases (sliding vs full attention) and a scaled embedding."""
 
     name: str = "gemma3"
 
@@ -65,9 +75,27 @@ class PerLayerTypeRotaryFamily(Family):
         by_type = {kind: rotary(hidden, position_ids, kind) for kind in set(layer_types)}
         return [by_type[kind] for kind in layer_types]
 
+    def fill_computed_buffers(self, module: nn.Module) -> None:
+        """The embedding multiplies by sqrt(hidden_size), kept in a non-persistent ``embed_scale``."""
+        for submodule in module.modules():
+            if "embed_scale" in submodule._non_persistent_buffers_set:
+                submodule.embed_scale.fill_(submodule.scalar_embed_scale)
+        _refuse_unfilled_buffers(self.name, module, filled=frozenset({"embed_scale"}))
+
+
+def _refuse_unfilled_buffers(family: str, module: nn.Module, filled: frozenset[str]) -> None:
+    """Raise when ``module`` has non-persistent buffers other than ``filled`` (they would be garbage)."""
+    unfilled = sorted(
+        f"{prefix}.{name}" if prefix else name
+        for prefix, submodule in module.named_modules()
+        for name in submodule._non_persistent_buffers_set - filled
+    )
+    if unfilled:
+        raise NotImplementedError(f"{family}: no adapter fills the computed buffers {unfilled}")
+
 
 _EXPERT_KEY = re.compile(
-    r"^(?P<prefix>.*\.mlp\.experts)\.(?P<expert>\d+)\.(?P<proj>gate|up|down)_proj\.weight$"
+    r"^(?P<prefix>(?:.*\.)?mlp\.experts)\.(?P<expert>\d+)\.(?P<proj>gate|up|down)_proj\.weight$"
 )
 
 

@@ -1,0 +1,150 @@
+"""Model folders for tests: tiny randomly initialised models of every supported family, and the default model.
+
+``build_tiny_model(family, folder)`` writes a complete model folder (config,
+safetensors weights in the checkpoint layout transformers saves, a word-level
+tokenizer) for a ~64-wide, 4-layer model of one family, seeded so that every
+call builds the same weights. ``default_model_folder`` finds the real default
+model (SmolLM2-135M-Instruct) for the tests that need real text.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    Phi3Config,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3MoeConfig,
+)
+
+TinyFamily = Literal["llama", "qwen3", "qwen3_moe", "gemma3", "phi3"]
+TINY_FAMILIES: tuple[TinyFamily, ...] = ("llama", "qwen3", "qwen3_moe", "gemma3", "phi3")
+
+VOCAB_SIZE = 160
+# Gemma 3's sliding layers look back this many tokens; the tests run longer sequences than this.
+GEMMA_SLIDING_WINDOW = 6
+
+_COMMON: dict[str, object] = {
+    "vocab_size": VOCAB_SIZE,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "initializer_range": 0.15,  # wider than the default so logits are far from uniform
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+    "tie_word_embeddings": False,
+}
+
+
+def _llama() -> PretrainedConfig:
+    return LlamaConfig(**_COMMON)
+
+
+def _qwen3() -> PretrainedConfig:
+    return Qwen3Config(**_COMMON, head_dim=16)
+
+
+def _qwen3_moe() -> PretrainedConfig:
+    return Qwen3MoeConfig(
+        **_COMMON,
+        head_dim=16,
+        moe_intermediate_size=32,
+        num_experts=4,
+        num_experts_per_tok=2,
+        norm_topk_prob=True,
+        decoder_sparse_step=1,
+    )
+
+
+def _gemma3() -> PretrainedConfig:
+    common = {**_COMMON, "tie_word_embeddings": True}  # Gemma ties its head to the embedding
+    return Gemma3TextConfig(
+        **common,
+        head_dim=16,
+        sliding_window=GEMMA_SLIDING_WINDOW,
+        # Two sliding layers, then a full one, then sliding again: every segment split mixes types.
+        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+        query_pre_attn_scalar=16,
+        final_logit_softcapping=5.0,  # small enough that the cap really bends these logits
+        rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+            "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+        },
+    )
+
+
+def _phi3() -> PretrainedConfig:
+    return Phi3Config(**{**_COMMON, "pad_token_id": 0})
+
+
+_CONFIGS: dict[TinyFamily, Callable[[], PretrainedConfig]] = {
+    "llama": _llama,
+    "qwen3": _qwen3,
+    "qwen3_moe": _qwen3_moe,
+    "gemma3": _gemma3,
+    "phi3": _phi3,
+}
+
+
+def tiny_config(family: TinyFamily) -> PretrainedConfig:
+    return _CONFIGS[family]()
+
+
+def build_tiny_model(family: TinyFamily, folder: Path, seed: int = 0) -> Path:
+    """Write a tiny random float32 model of ``family`` with a tokenizer into ``folder``; returns it."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family), dtype=torch.float32)
+    _randomise_norms(model)
+    model.save_pretrained(folder)
+    _tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def _randomise_norms(model: torch.nn.Module) -> None:
+    """Norm weights start as constants; random ones catch a norm loaded into the wrong place."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name and parameter.dim() == 1:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+
+
+def _tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over the tiny vocabulary: token ``i`` is the word ``w{i}``."""
+    specials = {"<pad>": 0, "<s>": 1, "</s>": 2}
+    vocab = {**specials, **{f"w{i}": i for i in range(len(specials), VOCAB_SIZE)}}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<pad>"
+    )
+
+
+DEFAULT_MODEL_ENV = "LP_TEST_DEFAULT_MODEL_FOLDER"
+
+
+def default_model_folder(store_root: Path) -> Path:
+    """The default model's folder: ``$LP_TEST_DEFAULT_MODEL_FOLDER`` if set, else prepared in the store.
+
+    Preparing converts the embedded GGUF once per store (about 20 s); point the
+    variable at an already converted folder to skip that between runs.
+    """
+    configured = os.environ.get(DEFAULT_MODEL_ENV)
+    if configured:
+        return Path(configured)
+    from language_pipes.models.embedded import prepare_default_model
+
+    return prepare_default_model(store_root)
