@@ -1,0 +1,188 @@
+"""Start real ``language-pipes -c node.toml run`` processes for multi-process tests.
+
+:class:`NodeLauncher` writes a config per node, starts each node in its own
+process group with one torch thread, waits until a node's API lists a model
+(failing with the node's output when it dies or takes too long), and kills
+every node it started at :meth:`NodeLauncher.stop_all`.
+
+The ``node_launcher`` fixture in tests/conftest.py wraps it; a module that wants
+one node for many tests can use :class:`NodeLauncher` in a module-scoped fixture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import tomlkit
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+STARTUP_TIMEOUT_SECONDS = 420.0
+OUTPUT_TAIL_CHARACTERS = 6000
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def single_node_settings(model_id: str = DEFAULT_MODEL) -> dict[str, Any]:
+    """Config keys for a node that holds a whole model by itself (end model + every layer)."""
+    return {"end_models": [model_id], "layer_models": [{"model_id": model_id, "memory": 2}]}
+
+
+@dataclass
+class NodeProcess:
+    """One running node process and where to find it."""
+
+    node_id: str
+    folder: Path
+    config_path: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    job_port: int
+    peer_port: int
+    api_keys: list[str] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.job_port}/v1"
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_keys[0]}"} if self.api_keys else {}
+
+    def output(self) -> str:
+        """The tail of everything the process printed."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no output)"
+        return text[-OUTPUT_TAIL_CHARACTERS:]
+
+    def is_running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the node's process group, then SIGKILL it if it does not exit in time."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):  # it exited between poll and kill
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):  # it exited just now
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout)
+
+    def wait_until_serving(
+        self, model_id: str = DEFAULT_MODEL, timeout: float = STARTUP_TIMEOUT_SECONDS
+    ) -> None:
+        """Block until ``GET /v1/models`` lists ``model_id``; fail with the node's output otherwise."""
+        deadline = time.monotonic() + timeout
+        last_problem = "no answer yet"
+        while time.monotonic() < deadline:
+            if not self.is_running():
+                raise AssertionError(
+                    f"node {self.node_id} exited with {self.process.returncode} before serving "
+                    f"{model_id}:\n{self.output()}"
+                )
+            try:
+                response = httpx.get(f"{self.base_url}/models", headers=self.auth_headers(), timeout=5)
+                listed = [card["id"] for card in response.json().get("data", [])]
+                if model_id in listed:
+                    return
+                last_problem = f"{response.status_code} {response.text[:200]}"
+            except (httpx.HTTPError, ValueError) as error:
+                # Not listening yet (connection refused) or not answering JSON yet: keep waiting.
+                last_problem = repr(error)
+            time.sleep(0.5)
+        raise AssertionError(
+            f"node {self.node_id} did not list {model_id} within {timeout:.0f} s "
+            f"(last answer: {last_problem}):\n{self.output()}"
+        )
+
+
+def _node_command(config_path: Path) -> list[str]:
+    script = shutil.which("language-pipes")
+    if script is not None:
+        return [script, "-c", str(config_path), "run"]
+    return [sys.executable, "-m", "language_pipes", "-c", str(config_path), "run"]
+
+
+class NodeLauncher:
+    """Starts node processes sharing one model store; kills them all in :meth:`stop_all`."""
+
+    def __init__(self, folder: Path, model_dir: Path) -> None:
+        self.folder = folder
+        self.model_dir = model_dir
+        self.nodes: list[NodeProcess] = []
+
+    def start(
+        self,
+        node_id: str,
+        *,
+        api_keys: list[str] | None = None,
+        max_api_jobs: int = 5,
+        with_api: bool = True,
+        torch_threads: int = 1,
+        **settings: Any,
+    ) -> NodeProcess:
+        """Start ``language-pipes -c <folder>/<node_id>/node.toml run`` with ``settings`` as extra keys."""
+        node_folder = self.folder / node_id
+        app_dir = node_folder / "app"
+        app_dir.mkdir(parents=True, exist_ok=True)
+        job_port, peer_port = free_port(), free_port()
+        config: dict[str, Any] = {
+            "node_id": node_id,
+            "peer_port": peer_port,
+            "api_keys": list(api_keys or []),
+            "max_api_jobs": max_api_jobs,
+            "torch_threads": torch_threads,
+            **settings,
+        }
+        if with_api:
+            config["job_port"] = job_port
+        config_path = node_folder / "node.toml"
+        config_path.write_text(tomlkit.dumps(config))
+        log_path = node_folder / "output.log"
+        environment = {
+            **os.environ,
+            "LP_MODEL_DIR": str(self.model_dir),
+            "LP_APP_DIR": str(app_dir),
+            "LP_TORCH_THREADS": str(torch_threads),
+            "OMP_NUM_THREADS": str(torch_threads),
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                _node_command(config_path),
+                cwd=node_folder,
+                env=environment,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        node = NodeProcess(
+            node_id, node_folder, config_path, log_path, process, job_port, peer_port, list(api_keys or [])
+        )
+        self.nodes.append(node)
+        return node
+
+    def stop_all(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()
+        self.nodes.clear()
