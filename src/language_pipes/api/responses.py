@@ -1,7 +1,510 @@
-"""The ``/v1/responses`` endpoint (OpenAI Responses API)."""
+"""``POST /v1/responses``: the OpenAI Responses API on top of the generation engine.
+
+A request becomes a chat conversation (``instructions``, the tool block and a
+format hint as the system message; input items as turns, earlier turns from
+``previous_response_id``), optionally a token constraint (structured output,
+or an enforced tool call), and an engine request. What the model produces is
+interpreted by an :class:`OutputComposer` into output items through the
+:class:`~language_pipes.api.responses_stream.ResponseBuilder`, which yields
+the typed stream events; the non-streamed answer is that builder's final
+snapshot.
+
+How output is streamed depends on what it can be:
+
+* plain text: reasoning streams live on a ``reasoning`` item, then the answer
+  on a ``message`` item;
+* ``tool_choice`` ``auto``: reasoning streams live; the answer is buffered
+  until the end, then becomes ``function_call`` items or a message;
+* ``required`` / a named tool: the constraint guarantees a call, so the
+  ``function_call`` item opens as soon as the tool's name is generated and its
+  arguments stream as they are produced.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from jinja2.exceptions import TemplateError
+from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseStreamEvent
+from starlette.responses import JSONResponse, Response
+
+from language_pipes.api import tool_calls
+from language_pipes.api.auth import AuthenticatedClient, JobSlot, job_limiter
+from language_pipes.api.chat import GenerationEndedEarly, StartedGeneration, start_streamed_generation
+from language_pipes.api.errors import generation_failed, invalid_request
+from language_pipes.api.models_route import completion_token_budget, generator_for
+from language_pipes.api.reasoning import (
+    AnswerDelta,
+    ReasoningDelta,
+    ReasoningEnded,
+    ReasoningSplitter,
+    prompt_opens_reasoning,
+)
+from language_pipes.api.response_store import (
+    ConversationMessage,
+    ResponseId,
+    StoredResponse,
+    response_store,
+)
+from language_pipes.api.responses_schemas import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    MessageItem,
+    ResponsesRequest,
+    TextFormatJsonObject,
+    TextFormatJsonSchema,
+    content_text,
+)
+from language_pipes.api.responses_stream import ResponseBuilder, ResponseSettings, event_frame
+from language_pipes.api.schemas import read_body
+from language_pipes.api.sse import SSE_DONE, EventStreamResponse, cancel_on_disconnect
+from language_pipes.engine.constraints import (
+    GrammarCompileError,
+    GrammarConstraint,
+    check_json_schema,
+    compact_json,
+    json_object_constraint,
+    json_schema_constraint,
+    tool_call_constraint,
+)
+from language_pipes.engine.types import Finished, GenerationEvent, GenerationRequest, TextDelta, TextGenerator
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter()
+
+OutputMode = Literal["text", "auto_tools", "enforced_call"]
+
+
+# ---------------------------------------------------------------- request -> conversation
+
+
+@dataclass
+class Conversation:
+    """Chat turns for the template, and the call_id -> tool name map of the calls in them."""
+
+    messages: list[ConversationMessage] = field(default_factory=list)
+    call_names: dict[str, str] = field(default_factory=dict)
+
+    def add(self, role: str, content: str) -> None:
+        if self.messages and self.messages[-1]["role"] == role and role != "system":
+            # Consecutive turns of one role (several tool results, say) become one: many chat
+            # templates insist on alternating roles.
+            self.messages[-1] = {"role": role, "content": self.messages[-1]["content"] + "\n\n" + content}
+        else:
+            self.messages.append({"role": role, "content": content})
+
+
+def conversation_from_input(body: ResponsesRequest, previous: StoredResponse | None) -> Conversation:
+    conversation = Conversation()
+    if previous is not None:
+        conversation.messages = [dict(message) for message in previous.conversation]
+        conversation.call_names = dict(previous.call_names)
+    pending_calls: list[tool_calls.ParsedToolCall] = []
+
+    def flush_calls() -> None:
+        if pending_calls:
+            conversation.add("assistant", tool_calls.render_tool_calls_text(pending_calls))
+            pending_calls.clear()
+
+    for item in body.input_items():
+        if isinstance(item, FunctionCallItem):
+            conversation.call_names[item.call_id] = item.name
+            pending_calls.append(tool_calls.ParsedToolCall(name=item.name, arguments=item.arguments))
+            continue
+        flush_calls()
+        if isinstance(item, FunctionCallOutputItem):
+            name = conversation.call_names.get(item.call_id)
+            text = tool_calls.render_tool_result_text(name, item.call_id, content_text(item.output))
+            conversation.add("user", text)
+        elif isinstance(item, MessageItem):
+            role = "system" if item.role == "developer" else item.role
+            conversation.add(role, content_text(item.content))
+        # Reasoning items from an earlier output are accepted and not shown to the model again.
+    flush_calls()
+    return conversation
+
+
+def format_instructions(body: ResponsesRequest) -> str | None:
+    output_format = body.output_format()
+    if isinstance(output_format, TextFormatJsonSchema):
+        return "Answer only with a JSON value that matches this JSON schema: " + compact_json(
+            output_format.json_schema
+        )
+    if isinstance(output_format, TextFormatJsonObject):
+        return "Answer only with a JSON object."
+    return None
+
+
+def template_messages(
+    body: ResponsesRequest, conversation: Conversation, tool_block: str | None
+) -> list[dict[str, object]]:
+    """System message first (instructions, tool block, format hint, input system turns), then the turns."""
+    system_parts = [part for part in (body.instructions, tool_block, format_instructions(body)) if part]
+    turns = list(conversation.messages)
+    while turns and turns[0]["role"] == "system":
+        system_parts.append(turns.pop(0)["content"])
+    messages: list[dict[str, object]] = []
+    if system_parts:
+        messages.append({"role": "system", "content": "\n\n".join(system_parts)})
+    messages.extend(dict(turn) for turn in turns)
+    return messages
+
+
+# ---------------------------------------------------------------- validation and planning
+
+
+@dataclass
+class ResponsePlan:
+    """Everything decided before generation starts."""
+
+    body: ResponsesRequest
+    tools: list[tool_calls.FunctionTool]
+    tool_choice: tool_calls.ToolChoice
+    mode: OutputMode
+    conversation: Conversation
+    generation: GenerationRequest
+    starts_in_reasoning: bool
+    previous: StoredResponse | None
+
+
+def check_request_options(body: ResponsesRequest) -> None:
+    alias = body.conflicting_token_limit()
+    if alias is not None:
+        raise invalid_request(
+            "max_output_tokens, max_completion_tokens and max_tokens were given with different values.",
+            param=alias,
+        )
+    output_format = body.output_format()
+    structured = output_format is not None and output_format.type != "text"
+    if structured and body.tools and body.tool_choice != "none":
+        raise invalid_request(
+            "text.format json_object/json_schema cannot be combined with tools unless tool_choice is 'none'.",
+            param="text.format",
+        )
+
+
+def _build_constraint(
+    generator: TextGenerator,
+    body: ResponsesRequest,
+    mode: OutputMode,
+    callable_tools: Sequence[tool_calls.FunctionTool],
+) -> GrammarConstraint | None:
+    """Compile the token constraint (runs in a worker thread: compiling can take a moment)."""
+    tokenizer = generator.tokenizer
+    if mode == "enforced_call":
+        for index, tool in enumerate(callable_tools):
+            if tool.parameters:
+                try:
+                    check_json_schema(
+                        tokenizer, tool.parameters, what=f"The parameters of tool '{tool.name}'"
+                    )
+                except GrammarCompileError as error:
+                    raise invalid_request(str(error), param=f"tools[{index}].parameters") from None
+        return tool_call_constraint(tokenizer, {tool.name: tool.parameters for tool in callable_tools})
+    output_format = body.output_format()
+    if isinstance(output_format, TextFormatJsonSchema):
+        try:
+            return json_schema_constraint(tokenizer, output_format.json_schema, what="text.format.schema")
+        except GrammarCompileError as error:
+            raise invalid_request(str(error), param="text.format.schema") from None
+    if isinstance(output_format, TextFormatJsonObject):
+        return json_object_constraint(tokenizer)
+    return None
+
+
+def _previous_response(request: Request, body: ResponsesRequest) -> StoredResponse | None:
+    if body.previous_response_id is None:
+        return None
+    previous = response_store(request).get(body.previous_response_id)
+    if previous is None:
+        raise invalid_request(
+            f"Previous response with id '{body.previous_response_id}' not found "
+            "(it was never stored, or it expired from this node's store).",
+            param="previous_response_id",
+            code="previous_response_not_found",
+        )
+    return previous
+
+
+async def plan_response(request: Request, body: ResponsesRequest, generator: TextGenerator) -> ResponsePlan:
+    check_request_options(body)
+    tools = tool_calls.validate_tools(body.tools, "responses")
+    choice = tool_calls.validate_tool_choice(body.tool_choice, tools, "responses")
+    callable_tools = tool_calls.tools_for_choice(tools, choice)
+    if tool_calls.call_is_enforced(choice):
+        mode: OutputMode = "enforced_call"
+    elif callable_tools:
+        mode = "auto_tools"
+    else:
+        mode = "text"
+    previous = _previous_response(request, body)
+    conversation = conversation_from_input(body, previous)
+    messages = template_messages(body, conversation, tool_calls.tool_instructions(tools, choice))
+    try:
+        prompt = generator.encode_chat(messages)
+    except TemplateError as error:
+        # The model's chat template refused this conversation (e.g. a role order it does not accept).
+        raise invalid_request(f"The model's chat template rejected the input: {error}", "input") from None
+    budget = completion_token_budget(generator, len(prompt), body.requested_max_tokens(), param="input")
+    constraint = await asyncio.to_thread(_build_constraint, generator, body, mode, callable_tools)
+    decode = getattr(generator.tokenizer, "decode", None)
+    prompt_tail = decode(prompt[-8:]) if decode is not None else ""
+    return ResponsePlan(
+        body=body,
+        tools=tools,
+        tool_choice=choice,
+        mode=mode,
+        conversation=conversation,
+        generation=GenerationRequest(
+            prompt_token_ids=prompt,
+            sampling=body.sampling_params(),
+            max_new_tokens=budget,
+            constraint=constraint,
+        ),
+        starts_in_reasoning=mode != "enforced_call"
+        and constraint is None
+        and prompt_opens_reasoning(prompt_tail),
+        previous=previous,
+    )
+
+
+def response_settings(plan: ResponsePlan) -> ResponseSettings:
+    body = plan.body
+    output_format = body.output_format()
+    return ResponseSettings(
+        model=body.model,
+        instructions=body.instructions,
+        tools=plan.tools,
+        tool_choice=plan.tool_choice,
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        temperature=plan.generation.sampling.temperature,
+        top_p=plan.generation.sampling.top_p,
+        max_output_tokens=body.requested_max_tokens(),
+        previous_response_id=body.previous_response_id,
+        metadata=body.metadata,
+        text_format=output_format.model_dump(by_alias=True, exclude_none=True) if output_format else None,
+        store=body.store is not False,
+    )
+
+
+# ---------------------------------------------------------------- model output -> items
+
+
+class OutputComposer:
+    """Turns the engine's text deltas into output items and stream events (see the module doc)."""
+
+    def __init__(self, builder: ResponseBuilder, plan: ResponsePlan) -> None:
+        self.builder = builder
+        self.mode = plan.mode
+        self.tools = tool_calls.tools_for_choice(plan.tools, plan.tool_choice)
+        self.parallel = plan.body.parallel_tool_calls is not False
+        self.splitter = ReasoningSplitter(starts_in_reasoning=plan.starts_in_reasoning)
+        self.call_reader = tool_calls.EnforcedCallReader()
+        self.buffered_answer = ""
+        self.raw_text = ""
+        self.reasoning_tokens = 0
+
+    def on_delta(self, delta: TextDelta) -> list[ResponseStreamEvent]:
+        self.raw_text += delta.text
+        if self.mode == "enforced_call":
+            return self._enforced_delta(delta.text)
+        if self.splitter.in_reasoning:
+            self.reasoning_tokens += len(delta.token_ids)
+        return self._split_events(self.splitter.feed(delta.text))
+
+    def on_finished(self, finished: Finished) -> list[ResponseStreamEvent]:
+        if finished.reason == "error":
+            return self.builder.fail(finished.error or "The generation failed.")
+        status: Literal["completed", "incomplete"] = (
+            "incomplete" if finished.reason == "length" else "completed"
+        )
+        if self.mode == "enforced_call":
+            events = self._enforced_finish(status)
+        else:
+            events = self._split_events(self.splitter.finish())
+            if self.mode == "auto_tools":
+                events.extend(self._resolve_buffered_answer())
+            if not any(
+                isinstance(item, ResponseOutputMessage | ResponseFunctionToolCall)
+                for item in self.builder.output
+            ):
+                events.extend(self.builder.open_message())  # an empty answer is still a message
+        events.extend(
+            self.builder.finish(
+                status,
+                input_tokens=finished.prompt_tokens,
+                output_tokens=finished.completion_tokens,
+                reasoning_tokens=self.reasoning_tokens,
+            )
+        )
+        return events
+
+    def _split_events(
+        self, split_events: list[AnswerDelta | ReasoningDelta | ReasoningEnded]
+    ) -> list[ResponseStreamEvent]:
+        events: list[ResponseStreamEvent] = []
+        for event in split_events:
+            if isinstance(event, ReasoningDelta):
+                events.extend(self.builder.add_reasoning(event.text))
+            elif isinstance(event, ReasoningEnded):
+                events.extend(self.builder.end_reasoning())
+            elif self.mode == "auto_tools":
+                self.buffered_answer += event.text
+            else:
+                events.extend(self.builder.add_text(event.text))
+        return events
+
+    def _resolve_buffered_answer(self) -> list[ResponseStreamEvent]:
+        calls = tool_calls.parse_tool_calls(self.buffered_answer, self.tools, parallel=self.parallel)
+        events: list[ResponseStreamEvent] = []
+        if calls:
+            for call in calls:
+                events.extend(self.builder.function_call(call.name, call.arguments))
+        elif self.buffered_answer:
+            events.extend(self.builder.add_text(self.buffered_answer))
+        return events
+
+    def _enforced_delta(self, text: str) -> list[ResponseStreamEvent]:
+        had_name = self.call_reader.name is not None
+        arguments = self.call_reader.feed(text)
+        events: list[ResponseStreamEvent] = []
+        if not had_name and self.call_reader.name is not None:
+            events.extend(self.builder.start_function_call(self.call_reader.name))
+        events.extend(self.builder.add_arguments(arguments))
+        return events
+
+    def _enforced_finish(self, status: Literal["completed", "incomplete"]) -> list[ResponseStreamEvent]:
+        # The grammar closed the call exactly when the whole text parses as one.
+        complete = tool_calls.parse_enforced_call(self.raw_text) is not None
+        if self.call_reader.name is None:
+            # Cut off before the tool's name was complete: nothing callable, report the raw text.
+            return self.builder.add_text(self.raw_text) if self.raw_text else []
+        events = self.builder.add_arguments(self.call_reader.finish(complete=complete))
+        events.extend(self.builder.end_function_call(status="completed" if complete else "incomplete"))
+        return events
+
+
+# ---------------------------------------------------------------- store
+
+
+def remember(request: Request, plan: ResponsePlan, builder: ResponseBuilder) -> None:
+    """Keep the conversation plus this answer for a later ``previous_response_id``."""
+    if plan.body.store is False or builder.status == "failed":
+        return
+    conversation = Conversation(list(plan.conversation.messages), dict(plan.conversation.call_names))
+    calls: list[tool_calls.ParsedToolCall] = []
+    for item in builder.output:
+        if isinstance(item, ResponseFunctionToolCall):
+            conversation.call_names[item.call_id] = item.name
+            calls.append(tool_calls.ParsedToolCall(item.name, item.arguments))
+    if calls:
+        conversation.add("assistant", tool_calls.render_tool_calls_text(calls))
+    elif builder.output_text:
+        conversation.add("assistant", builder.output_text)
+    response_store(request).put(
+        StoredResponse(
+            response_id=ResponseId(builder.response_id),
+            model=plan.body.model,
+            conversation=tuple(conversation.messages),
+            call_names=tuple(conversation.call_names.items()),
+        )
+    )
+
+
+# ---------------------------------------------------------------- endpoint
+
+
+async def _next_event(events: AsyncIterator[GenerationEvent]) -> GenerationEvent | None:
+    try:
+        return await anext(events)
+    except StopAsyncIteration:
+        # The engine ended without Finished; the caller reports it as a failed response.
+        return None
+
+
+async def _compose_whole(generator: TextGenerator, plan: ResponsePlan, composer: OutputComposer) -> None:
+    """Run a non-streamed generation through the composer; an engine failure raises its APIError."""
+    events = generator.generate(plan.generation)
+    try:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                composer.on_delta(event)
+                continue
+            if event.reason == "error":
+                raise generation_failed(event.error, event.error_status)
+            composer.on_finished(event)
+            return
+        raise GenerationEndedEarly("the engine ended a sequence without a Finished event")
+    finally:
+        await events.aclose()
+
+
+async def _stream_frames(
+    request: Request, plan: ResponsePlan, started: StartedGeneration, builder: ResponseBuilder
+) -> AsyncIterator[str]:
+    composer = OutputComposer(builder, plan)
+    for event in builder.start():
+        yield event_frame(event)
+    current: GenerationEvent | None = started.first_event
+    try:
+        while current is not None:
+            if isinstance(current, TextDelta):
+                for event in composer.on_delta(current):
+                    yield event_frame(event)
+            else:
+                for event in composer.on_finished(current):
+                    yield event_frame(event)
+                remember(request, plan, builder)
+                break
+            current = await _next_event(started.events)
+        if current is None:
+            for event in builder.fail("The generation ended unexpectedly."):
+                yield event_frame(event)
+    except Exception:
+        # The headers are sent, so a failure can only be reported in-band.
+        logger.exception("generation failed during a responses stream")
+        for event in builder.fail("The server had an error while generating."):
+            yield event_frame(event)
+    yield SSE_DONE
+
+
+async def _stream_response(
+    request: Request, generator: TextGenerator, plan: ResponsePlan, slot: JobSlot
+) -> Response:
+    try:
+        started = await start_streamed_generation(request, generator, plan.generation)
+    except BaseException:
+        slot.release()
+        raise
+
+    async def close() -> None:
+        try:
+            await started.close()
+        finally:
+            slot.release()
+
+    builder = ResponseBuilder(response_settings(plan))
+    return EventStreamResponse(_stream_frames(request, plan, started, builder), on_close=close)
+
+
+@router.post("/v1/responses", response_model=None)
+async def create_response(request: Request, client: AuthenticatedClient) -> Response:
+    body = await read_body(request, ResponsesRequest)
+    generator = generator_for(request, body.model)
+    plan = await plan_response(request, body, generator)
+    slot = job_limiter(request).acquire(client)
+    if body.stream:
+        return await _stream_response(request, generator, plan, slot)
+    builder = ResponseBuilder(response_settings(plan))
+    composer = OutputComposer(builder, plan)
+    builder.start()
+    with slot:
+        await cancel_on_disconnect(request, _compose_whole(generator, plan, composer))
+    remember(request, plan, builder)
+    return JSONResponse(builder.body())
