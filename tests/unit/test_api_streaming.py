@@ -100,6 +100,8 @@ async def test_client_disconnect_closes_the_generation(stream: bool) -> None:
                     assert response.status_code == 200
                     lines = response.aiter_lines()
                     assert (await anext(lines)).startswith("data: ")
+                    # A stream holds its job slot while it is being sent.
+                    assert app.state.job_limiter.in_flight("anonymous") == 1
             else:
                 request = asyncio.create_task(client.post("/chat/completions", json=body))
                 await asyncio.wait_for(generator_started(generator), 5)
