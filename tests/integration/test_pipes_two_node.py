@@ -1,0 +1,195 @@
+"""Two real node processes: an end-model node (API, layer 0) and a layer node (layers 1-29).
+
+Greedy output through the ``openai`` SDK must be token-identical to transformers
+in one process. The last test SIGKILLs the layer node mid-stream: the client
+must get an error within 5 s, the next request a 503 at once, and the model
+must be servable again once the layer node is restarted (end node untouched).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from support.cluster import (
+    DEFAULT_MODEL,
+    ReferenceModel,
+    hosted_layers,
+    model_folder,
+    new_network_key,
+    start_end_node,
+    start_layer_node,
+)
+from support.node_process import NodeLauncher, NodeProcess
+
+pytestmark = pytest.mark.slow
+
+MAX_TOKENS = 32
+PROMPTS = [
+    [{"role": "user", "content": "Name three colours of the rainbow."}],
+    [
+        {"role": "system", "content": "You answer in one short sentence."},
+        {"role": "user", "content": "Why is the sky blue?"},
+    ],
+]
+ERROR_DEADLINE_SECONDS = 5.0
+
+
+@dataclass
+class TwoNodeCluster:
+    launcher: NodeLauncher
+    end: NodeProcess
+    layer: NodeProcess
+    network_key: str
+    reference: ReferenceModel
+
+    def client(self, timeout: float = 120) -> OpenAI:
+        return OpenAI(base_url=self.end.base_url, api_key="unused", max_retries=0, timeout=timeout)
+
+    def start_layer_node(self) -> NodeProcess:
+        """(Re)start the layer node under the same id, so with the same identity key."""
+        self.layer = start_layer_node(
+            self.launcher, "layers", self.end, memory_gigabytes=2, network_key=self.network_key
+        )
+        return self.layer
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, model_store_dir: Path) -> Iterator[TwoNodeCluster]:
+    launcher = NodeLauncher(tmp_path_factory.mktemp("two-node"), model_store_dir)
+    key = new_network_key()
+    try:
+        end = start_end_node(launcher, "end", network_key=key)
+        layer = start_layer_node(launcher, "layers", end, memory_gigabytes=2, network_key=key)
+        end.wait_until_serving(DEFAULT_MODEL)
+        yield TwoNodeCluster(launcher, end, layer, key, ReferenceModel(model_folder(model_store_dir)))
+    finally:
+        launcher.stop_all()
+
+
+def test_layer_node_hosts_every_layer_after_the_end_models(cluster: TwoNodeCluster) -> None:
+    assert hosted_layers(cluster.layer) == range(1, 30)
+    models = cluster.client().models.list()
+    assert [model.id for model in models.data] == [DEFAULT_MODEL]
+
+
+@pytest.mark.parametrize("messages", PROMPTS, ids=["rainbow", "sky"])
+def test_greedy_output_matches_transformers_in_one_process(
+    cluster: TwoNodeCluster, messages: list[dict[str, str]]
+) -> None:
+    expected = cluster.reference.complete(messages, MAX_TOKENS)
+    completion = cluster.client().chat.completions.create(
+        model=DEFAULT_MODEL, messages=messages, max_tokens=MAX_TOKENS, temperature=0  # type: ignore[arg-type]
+    )
+    assert completion.choices[0].message.content == expected.text
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == len(expected.token_ids)
+    assert completion.usage.prompt_tokens == len(cluster.reference.prompt_ids(messages))
+    assert completion.choices[0].finish_reason == expected.finish_reason
+
+
+def test_streamed_greedy_output_matches_transformers(cluster: TwoNodeCluster) -> None:
+    messages = PROMPTS[0]
+    expected = cluster.reference.complete(messages, MAX_TOKENS)
+    stream = cluster.client().chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text = ""
+    usage = None
+    for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert text == expected.text
+    assert usage is not None and usage.completion_tokens == len(expected.token_ids)
+
+
+def test_killing_the_layer_node_mid_stream_fails_fast_and_the_restarted_node_serves_again(
+    cluster: TwoNodeCluster,
+) -> None:
+    stream = cluster.client(timeout=30).chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=[{"role": "user", "content": "Write a long story about a lighthouse keeper."}],
+        max_tokens=2000,
+        temperature=0,
+        stream=True,
+    )
+    chunks = iter(stream)
+    received = 0
+    while received < 3:  # the stream is flowing through the layer node
+        chunk = next(chunks)
+        received += bool(chunk.choices and chunk.choices[0].delta.content)
+
+    os.killpg(cluster.layer.process.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    outcome = _drain_with_watchdog(chunks, timeout=ERROR_DEADLINE_SECONDS + 5)
+    elapsed = outcome.ended_at - killed_at
+    assert outcome.error is not None, f"the stream ended without an error after {elapsed:.1f} s"
+    assert isinstance(outcome.error, openai.APIError), repr(outcome.error)
+    assert elapsed < ERROR_DEADLINE_SECONDS, f"the error came {elapsed:.1f} s after the kill"
+    cluster.layer.process.wait(10)
+
+    # The pipe is gone: the next request is refused at once, in the error envelope.
+    started = time.monotonic()
+    response = httpx.post(
+        f"{cluster.end.base_url}/chat/completions",
+        json={"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        timeout=10,
+    )
+    assert response.status_code == 503, response.text
+    assert "error" in response.json()
+    assert time.monotonic() - started < 2.0
+
+    # The same layer node comes back; the end node was never restarted.
+    assert cluster.end.is_running()
+    cluster.start_layer_node()
+    cluster.end.wait_until_serving(DEFAULT_MODEL, timeout=180)
+    messages = PROMPTS[1]
+    expected = cluster.reference.complete(messages, MAX_TOKENS)
+    completion = cluster.client().chat.completions.create(
+        model=DEFAULT_MODEL, messages=messages, max_tokens=MAX_TOKENS, temperature=0  # type: ignore[arg-type]
+    )
+    assert completion.choices[0].message.content == expected.text
+
+
+@dataclass
+class DrainOutcome:
+    error: BaseException | None
+    ended_at: float
+
+
+def _drain_with_watchdog(chunks: Iterator[object], timeout: float) -> DrainOutcome:
+    """Read the rest of a stream in a thread; a hang past ``timeout`` fails the test instead of blocking."""
+    outcome: list[DrainOutcome] = []
+
+    def drain() -> None:
+        try:
+            for _ in chunks:
+                pass
+        except BaseException as error:  # noqa: BLE001 - the error is the outcome under test, reported below
+            outcome.append(DrainOutcome(error, time.monotonic()))
+            return
+        outcome.append(DrainOutcome(None, time.monotonic()))
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not outcome:
+        raise AssertionError(f"the stream still hangs {timeout:.0f} s after the layer node was killed")
+    return outcome[0]
