@@ -1,0 +1,113 @@
+"""Start local Language Pipes node processes for benchmarks (real processes, real sockets)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class RunningNode:
+    name: str
+    process: subprocess.Popen[bytes]
+    job_port: int | None
+    peer_port: int
+
+    def peak_rss_mb(self) -> float:
+        """Peak resident memory (VmHWM) of the node process so far."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return psutil.Process(self.process.pid).memory_info().rss / 2**20
+
+
+class LocalCluster:
+    """Writes one TOML per node into ``folder`` and runs ``language-pipes -c FILE run`` for each."""
+
+    def __init__(self, folder: Path, torch_threads: int) -> None:
+        self.folder = folder
+        self.torch_threads = torch_threads
+        self.nodes: list[RunningNode] = []
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def start(
+        self, name: str, body: str, *, job_port: int | None = None, bootstrap: int | None = None
+    ) -> RunningNode:
+        peer_port = free_port()
+        lines = [f'node_id = "{name}"', f"peer_port = {peer_port}", f"torch_threads = {self.torch_threads}"]
+        if job_port is not None:
+            lines.append(f"job_port = {job_port}")
+            lines.append("max_api_jobs = 64")
+        lines.append("max_node_jobs = 64")
+        lines.append(body)
+        if bootstrap is not None:
+            lines.append(f'[[bootstrap_nodes]]\naddress = "127.0.0.1"\nport = {bootstrap}')
+        config = self.folder / f"{name}.toml"
+        config.write_text("\n".join(lines) + "\n")
+        log = (self.folder / f"{name}.log").open("wb")
+        env = {**os.environ, "LP_APP_DIR": str(self.folder / "app"), "OMP_WAIT_POLICY": "PASSIVE"}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "language_pipes", "-c", str(config), "run"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        node = RunningNode(name, process, job_port, peer_port)
+        self.nodes.append(node)
+        return node
+
+    def wait_serving(self, node: RunningNode, model: str = DEFAULT_MODEL, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if node.process.poll() is not None:
+                raise RuntimeError(f"{node.name} exited; see {self.folder / (node.name + '.log')}")
+            try:
+                models = httpx.get(f"http://127.0.0.1:{node.job_port}/v1/models", timeout=2).json()
+                if any(m["id"] == model for m in models.get("data", [])):
+                    return
+            except httpx.HTTPError:
+                pass  # not listening yet
+            time.sleep(0.5)
+        raise TimeoutError(f"{node.name} did not serve {model} within {timeout} s")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.process.poll() is None:
+                os.killpg(node.process.pid, signal.SIGTERM)
+        for node in self.nodes:
+            try:
+                node.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.process.pid, signal.SIGKILL)
+        self.nodes.clear()
+
+
+def whole_model(model: str = DEFAULT_MODEL) -> str:
+    return f'end_models = ["{model}"]\n[[layer_models]]\nmodel_id = "{model}"\nmemory = 4'
+
+
+def end_only(model: str = DEFAULT_MODEL) -> str:
+    return f'end_models = ["{model}"]'
+
+
+def layers_only(memory_gb: float, model: str = DEFAULT_MODEL) -> str:
+    return f'[[layer_models]]\nmodel_id = "{model}"\nmemory = {memory_gb}'
