@@ -89,7 +89,10 @@ def test_greedy_output_matches_transformers_in_one_process(
 ) -> None:
     expected = cluster.reference.complete(messages, MAX_TOKENS)
     completion = cluster.client().chat.completions.create(
-        model=DEFAULT_MODEL, messages=messages, max_tokens=MAX_TOKENS, temperature=0  # type: ignore[arg-type]
+        model=DEFAULT_MODEL,
+        messages=messages,
+        max_tokens=MAX_TOKENS,
+        temperature=0,  # type: ignore[arg-type]
     )
     assert completion.choices[0].message.content == expected.text
     assert completion.usage is not None
@@ -163,7 +166,10 @@ def test_killing_the_layer_node_mid_stream_fails_fast_and_the_restarted_node_ser
     messages = PROMPTS[1]
     expected = cluster.reference.complete(messages, MAX_TOKENS)
     completion = cluster.client().chat.completions.create(
-        model=DEFAULT_MODEL, messages=messages, max_tokens=MAX_TOKENS, temperature=0  # type: ignore[arg-type]
+        model=DEFAULT_MODEL,
+        messages=messages,
+        max_tokens=MAX_TOKENS,
+        temperature=0,  # type: ignore[arg-type]
     )
     assert completion.choices[0].message.content == expected.text
 

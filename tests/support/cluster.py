@@ -61,7 +61,9 @@ def start_layer_node(
     )
 
 
-def wait_for_output(node: NodeProcess, pattern: str, timeout: float = OUTPUT_TIMEOUT_SECONDS) -> re.Match[str]:
+def wait_for_output(
+    node: NodeProcess, pattern: str, timeout: float = OUTPUT_TIMEOUT_SECONDS
+) -> re.Match[str]:
     """Block until the node's log matches ``pattern`` (a regex); fail with its output otherwise."""
     compiled = re.compile(pattern)
     deadline = time.monotonic() + timeout
@@ -72,7 +74,9 @@ def wait_for_output(node: NodeProcess, pattern: str, timeout: float = OUTPUT_TIM
         if not node.is_running():
             raise AssertionError(f"node {node.node_id} exited before logging {pattern!r}:\n{node.output()}")
         time.sleep(0.2)
-    raise AssertionError(f"node {node.node_id} did not log {pattern!r} within {timeout:.0f} s:\n{node.output()}")
+    raise AssertionError(
+        f"node {node.node_id} did not log {pattern!r} within {timeout:.0f} s:\n{node.output()}"
+    )
 
 
 def hosted_layers(node: NodeProcess, timeout: float = OUTPUT_TIMEOUT_SECONDS) -> range:
