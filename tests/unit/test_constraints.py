@@ -21,7 +21,7 @@ from language_pipes.engine.constraints import (
     tool_call_schema,
 )
 
-MODEL_DIR = Path(os.environ.get("LP_TEST_MODEL_DIR", "/tmp/lp_models/smol"))
+MODEL_DIR = Path(os.environ.get("LP_TEST_TOKENIZER_DIR", "/tmp/lp_models/smol"))
 EOS = 2  # <|im_end|> in the default model
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}

@@ -17,7 +17,7 @@ from language_pipes.api.reasoning import (
     split_reasoning,
 )
 
-MODEL_DIR = Path(os.environ.get("LP_TEST_MODEL_DIR", "/tmp/lp_models/smol"))
+MODEL_DIR = Path(os.environ.get("LP_TEST_TOKENIZER_DIR", "/tmp/lp_models/smol"))
 
 SAMPLES = [
     "<think>\nThe user wants 2+2. That is 4.\n</think>\n\nThe answer is 4.",
