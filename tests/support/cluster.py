@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "ReferenceCompletion",
     "ReferenceModel",
+    "full_output",
     "hosted_layers",
     "model_folder",
     "new_network_key",
@@ -68,7 +69,7 @@ def wait_for_output(
     compiled = re.compile(pattern)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = compiled.search(_full_output(node))
+        found = compiled.search(full_output(node))
         if found is not None:
             return found
         if not node.is_running():
@@ -85,7 +86,8 @@ def hosted_layers(node: NodeProcess, timeout: float = OUTPUT_TIMEOUT_SECONDS) ->
     return range(int(found.group(1)), int(found.group(2)) + 1)
 
 
-def _full_output(node: NodeProcess) -> str:
+def full_output(node: NodeProcess) -> str:
+    """Everything the node printed so far (``NodeProcess.output`` keeps only the tail)."""
     try:
         return node.log_path.read_text(errors="replace")
     except FileNotFoundError:
