@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 RouteProvider = Callable[[], Route | None]
 
+# How many times one sequence may move to a new route before its request fails.
+MAX_REPLAYS = 3
+
 
 class RouteUnavailableError(RuntimeError):
     """No complete pipe can run this model's layers right now."""
@@ -131,11 +134,40 @@ class Scheduler:
             members = list(group)
             try:
                 self._step_route(members)
-            except Exception as error:  # noqa: BLE001 - a lost hop fails the sequences on that route only
+            except Exception as error:  # noqa: BLE001 - a lost hop only affects the sequences on that route
                 log.warning("route %s failed: %s", members[0].route, error)
-                for sequence in members:
-                    sequence.finish("error", f"a node on the route failed: {error}", 503)
+                self._reroute(members, error)
         self._drop_finished()
+
+    def _reroute(self, members: list[Sequence], error: Exception) -> None:
+        """Move the sequences of a failed route to a new one and replay their tokens there.
+
+        The origin owns every token, so feeding prompt + generated tokens again
+        rebuilds the caches on the new route; generation then continues where it
+        stopped. Only when no route covers the layers (or replays keep failing)
+        does the client get an error.
+        """
+        for sequence in members:
+            assert sequence.route is not None
+            sequence.route.release(sequence.sequence_id)
+            sequence.replays += 1
+            route = self.choose_route() if sequence.replays <= MAX_REPLAYS else None
+            if route is None:
+                sequence.finish(
+                    "error", f"a node on the route failed and no other route is available: {error}", 503
+                )
+                continue
+            try:
+                route.open(sequence.sequence_id)
+            except Exception as open_error:  # noqa: BLE001 - the new route refused too: report both failures
+                sequence.finish(
+                    "error", f"a node on the route failed ({error}); rerouting failed: {open_error}", 503
+                )
+                continue
+            log.info(
+                "replaying sequence %s (%d tokens) on %s", sequence.sequence_id, len(sequence.tokens), route
+            )
+            sequence.start_replay(route)
 
     def _plan(self, members: list[Sequence]) -> list[tuple[Sequence, list[int]]]:
         decoding = [s for s in members if s.unfed == 1]
@@ -169,7 +201,7 @@ class Scheduler:
         row = -1
         for sequence, chunk in plan:
             row += len(chunk)
-            sequence.fed += len(chunk)
+            sequence.advance(len(chunk))
             if sequence.unfed == 0:
                 due_rows.append(row)
                 due.append(sequence)

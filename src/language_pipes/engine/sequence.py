@@ -36,6 +36,9 @@ class Sequence:
     route: Route | None = None
     generated: list[int] = field(default_factory=list)
     fed: int = 0
+    fed_chunks: list[int] = field(default_factory=list)
+    replay_chunks: list[int] = field(default_factory=list)
+    replays: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
     finished: bool = False
 
@@ -52,8 +55,28 @@ class Sequence:
         return len(self.request.prompt_token_ids) + len(self.generated) - self.fed
 
     def next_chunk(self, budget: int) -> list[int]:
+        """The tokens to feed next: up to ``budget``, or exactly the recorded chunk when replaying."""
         tokens = self.tokens
-        return tokens[self.fed : self.fed + min(budget, len(tokens) - self.fed)]
+        size = self.replay_chunks[0] if self.replay_chunks else min(budget, len(tokens) - self.fed)
+        return tokens[self.fed : self.fed + size]
+
+    def advance(self, fed_tokens: int) -> None:
+        """Record that a step fed ``fed_tokens`` more tokens into the route's caches."""
+        self.fed += fed_tokens
+        self.fed_chunks.append(fed_tokens)
+        if self.replay_chunks:
+            self.replay_chunks.pop(0)
+
+    def start_replay(self, route: Route) -> None:
+        """Feed every token again through ``route``, in the chunks first used.
+
+        Repeating the original chunking makes the rebuilt caches bit-identical,
+        so greedy output continues exactly as it would have on the old route.
+        """
+        self.route = route
+        self.replay_chunks = self.fed_chunks
+        self.fed_chunks = []
+        self.fed = 0
 
     def add_token(self, token_id: int, eos_token_ids: frozenset[int]) -> None:
         """Record a sampled token, stream its text, and finish on EOS, a stop string or the limit."""
