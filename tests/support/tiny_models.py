@@ -1,16 +1,19 @@
-"""Model folders for tests: tiny randomly initialised models of every supported family, and the default model.
+"""Models for tests: tiny random models of every supported family, the default model, a split-model harness.
 
 ``build_tiny_model(family, folder)`` writes a complete model folder (config,
 safetensors weights in the checkpoint layout transformers saves, a word-level
 tokenizer) for a ~64-wide, 4-layer model of one family, seeded so that every
 call builds the same weights. ``default_model_folder`` finds the real default
 model (SmolLM2-135M-Instruct) for the tests that need real text.
+``open_split`` loads a folder as an end model plus the layer segments that
+complete its pipe, all in this process, and runs packed steps through them.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +29,11 @@ from transformers import (
     Qwen3Config,
     Qwen3MoeConfig,
 )
+
+from language_pipes.engine.types import SequenceId
+from language_pipes.models.end_model import EndModel
+from language_pipes.models.partial import ModelSource
+from language_pipes.models.segment import LayerSegment, SegmentBatch
 
 TinyFamily = Literal["llama", "qwen3", "qwen3_moe", "gemma3", "phi3"]
 TINY_FAMILIES: tuple[TinyFamily, ...] = ("llama", "qwen3", "qwen3_moe", "gemma3", "phi3")
@@ -148,3 +156,62 @@ def default_model_folder(store_root: Path) -> Path:
     from language_pipes.models.embedded import prepare_default_model
 
     return prepare_default_model(store_root)
+
+
+@dataclass
+class SplitModel:
+    """An end model plus the segments that complete its pipe, all in this process."""
+
+    end: EndModel
+    segments: list[LayerSegment]
+
+    def step(self, sequence_ids: list[str], starts: list[int], chunks: list[list[int]]) -> torch.Tensor:
+        """One packed step; returns float32 logits for every fed token, ``[tokens, vocab]``."""
+        batch = SegmentBatch(
+            sequence_ids=tuple(SequenceId(s) for s in sequence_ids),
+            start_positions=tuple(starts),
+            lengths=tuple(len(chunk) for chunk in chunks),
+        )
+        hidden = self.end.embed([token for chunk in chunks for token in chunk])
+        hidden = self.end.local_layers.forward(hidden, batch)
+        for segment in self.segments:
+            hidden = segment.forward(hidden, batch)
+        return self.end.logits(hidden[0])
+
+    def greedy(self, sequence_id: str, prompt: list[int], new_tokens: int, chunk: int = 0) -> list[int]:
+        """Greedy decoding of one sequence; the prompt is fed whole, or in chunks of ``chunk`` tokens."""
+        chunk = chunk or len(prompt)
+        position = 0
+        logits = torch.empty(0)
+        while position < len(prompt):
+            piece = prompt[position : position + chunk]
+            logits = self.step([sequence_id], [position], [piece])
+            position += len(piece)
+        tokens = [int(logits[-1].argmax())]
+        while len(tokens) < new_tokens:
+            logits = self.step([sequence_id], [position], [[tokens[-1]]])
+            position += 1
+            tokens.append(int(logits[-1].argmax()))
+        return tokens
+
+    def release(self, sequence_id: str) -> None:
+        for segment in (self.end.local_layers, *self.segments):
+            segment.release(SequenceId(sequence_id))
+
+
+def open_split(
+    folder: Path, boundaries: tuple[int, ...], dtype: torch.dtype, end: EndModel | None = None
+) -> SplitModel:
+    """Layers ``[0, boundaries[0])`` in the end model, then one segment per following boundary.
+
+    Passing ``end`` reuses an already loaded end model (its local layers must end at ``boundaries[0]``).
+    """
+    source = end.source if end is not None else ModelSource.open(folder)
+    if end is None:
+        end = EndModel("test", folder, num_local_layers=boundaries[0], dtype=dtype, source=source)
+    assert end.local_layers.end == boundaries[0]
+    segments = [
+        LayerSegment(source, start, stop, dtype, torch.device("cpu"))
+        for start, stop in zip(boundaries, boundaries[1:], strict=False)
+    ]
+    return SplitModel(end, segments)

@@ -10,19 +10,21 @@ with its cache, and with ``generate``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.architectures import FusedExpertsFamily, PerLayerTypeRotaryFamily, family_for
-from language_pipes.models.end_model import EndModel
 from language_pipes.models.partial import ModelSource
-from language_pipes.models.segment import LayerSegment, SegmentBatch
-from support.tiny_models import GEMMA_SLIDING_WINDOW, TINY_FAMILIES, TinyFamily, build_tiny_model
+from support.tiny_models import (
+    GEMMA_SLIDING_WINDOW,
+    TINY_FAMILIES,
+    TinyFamily,
+    build_tiny_model,
+    open_split,
+)
 
 DECODE_STEPS = 10
 PROMPT = [1, 17, 42, 99, 5, 63, 128, 7, 77, 31, 150, 12, 88, 3]  # longer than Gemma's sliding window
@@ -46,37 +48,6 @@ def _one_thread() -> None:
 def tiny_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[TinyFamily, Path]:
     root = tmp_path_factory.mktemp("tiny")
     return {family: build_tiny_model(family, root / family) for family in TINY_FAMILIES}
-
-
-@dataclass
-class SplitModel:
-    """An end model plus the segments that complete its pipe, all in this process."""
-
-    end: EndModel
-    segments: list[LayerSegment]
-
-    def step(self, sequence_ids: list[str], starts: list[int], chunks: list[list[int]]) -> torch.Tensor:
-        """One packed step; returns float32 logits for every fed token, ``[tokens, vocab]``."""
-        batch = SegmentBatch(
-            sequence_ids=tuple(SequenceId(s) for s in sequence_ids),
-            start_positions=tuple(starts),
-            lengths=tuple(len(chunk) for chunk in chunks),
-        )
-        hidden = self.end.embed([token for chunk in chunks for token in chunk])
-        hidden = self.end.local_layers.forward(hidden, batch)
-        for segment in self.segments:
-            hidden = segment.forward(hidden, batch)
-        return self.end.logits(hidden[0])
-
-
-def open_split(folder: Path, boundaries: tuple[int, ...]) -> SplitModel:
-    source = ModelSource.open(folder)
-    end = EndModel("tiny", folder, num_local_layers=boundaries[0], dtype=torch.float32, source=source)
-    segments = [
-        LayerSegment(source, start, end_layer, torch.float32, torch.device("cpu"))
-        for start, end_layer in zip(boundaries, boundaries[1:], strict=False)
-    ]
-    return SplitModel(end, segments)
 
 
 def reference_model(folder: Path) -> PreTrainedModel:
@@ -103,7 +74,7 @@ def test_split_logits_match_transformers_at_every_step(
     family: TinyFamily, split: str, tiny_folders: dict[TinyFamily, Path]
 ) -> None:
     folder = tiny_folders[family]
-    ours = open_split(folder, SPLITS[split])
+    ours = open_split(folder, SPLITS[split], torch.float32)
     reference = reference_model(folder)
     position, feed = 0, list(PROMPT)
     for step, expected in enumerate(reference_steps(reference, PROMPT, DECODE_STEPS)):
@@ -118,19 +89,13 @@ def test_split_logits_match_transformers_at_every_step(
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_split_greedy_tokens_match_generate(family: TinyFamily, tiny_folders: dict[TinyFamily, Path]) -> None:
     folder = tiny_folders[family]
-    ours = open_split(folder, (1, 2, 4))
+    ours = open_split(folder, (1, 2, 4), torch.float32)
     reference = reference_model(folder)
     with torch.inference_mode():
         generated = reference.generate(torch.tensor([PROMPT]), do_sample=False, max_new_tokens=DECODE_STEPS)
     expected = generated[0, len(PROMPT) :].tolist()
 
-    tokens: list[int] = []
-    position, feed = 0, list(PROMPT)
-    while len(tokens) < DECODE_STEPS:
-        logits = ours.step(["g"], [position], [feed])
-        position += len(feed)
-        feed = [int(logits[-1].argmax())]
-        tokens.append(feed[0])
+    tokens = ours.greedy("g", PROMPT, DECODE_STEPS)
     assert tokens == expected
     assert len(set(tokens)) > 1, "a constant output would not show that the models agree"
 
@@ -141,11 +106,11 @@ def test_chunked_prefill_and_packed_batch_match_one_sequence_alone(
 ) -> None:
     """Prefill in chunks of 5 (crossing Gemma's window) while another sequence shares each step."""
     folder = tiny_folders[family]
-    alone = open_split(folder, (1, 3, 4))
+    alone = open_split(folder, (1, 3, 4), torch.float32)
     expected = alone.step(["a"], [0], [PROMPT])
     expected_other = alone.step(["b"], [0], [OTHER_PROMPT])
 
-    packed = open_split(folder, (1, 3, 4))
+    packed = open_split(folder, (1, 3, 4), torch.float32)
     rows: list[torch.Tensor] = []
     other_rows: list[torch.Tensor] = []
     other_fed = 0
