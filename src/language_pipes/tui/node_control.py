@@ -1,0 +1,203 @@
+"""Start, stop and observe a :class:`~language_pipes.node.Node` from the terminal UI.
+
+The UI drives the very ``Node`` the headless ``run`` uses. The only thing
+added here is the split the Home tab needs: the network server (the node:
+peers, models, pipes) and the job server (the OpenAI-compatible API) start and
+stop separately. The node is started without ``job_port`` and the API is
+served on the node's own :class:`ModelCatalog` by the same ``create_app`` and
+``ApiServer`` the node uses, so API-key changes only restart the job server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from language_pipes.config import NodeConfig
+from language_pipes.logs import FILE_FORMAT, NOISY_LOGGERS, log_file_path
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from language_pipes.api.server import ApiServer
+    from language_pipes.node import Node
+
+log = logging.getLogger("language_pipes.tui")
+
+ServerState = Literal["stopped", "starting", "running", "stopping", "failed"]
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+@dataclass(frozen=True)
+class ActiveJob:
+    """One request in flight on this node (this node is its origin)."""
+
+    sequence_id: str
+    model_id: str
+    prompt_tokens: int
+    prefilled_tokens: int
+    generated_tokens: int
+
+    @property
+    def prefill_fraction(self) -> float:
+        """Share of the prompt already fed through the pipe (1.0 once decoding)."""
+        if self.prompt_tokens == 0:
+            return 1.0
+        return min(1.0, self.prefilled_tokens / self.prompt_tokens)
+
+
+class NodeControl:
+    """Owns the UI's node and its job server; one of each at a time."""
+
+    def __init__(self) -> None:
+        self.node: Node | None = None
+        self.api_server: ApiServer | None = None
+        self.network_state: ServerState = "stopped"
+        self.job_state: ServerState = "stopped"
+        self.last_error: str | None = None
+        self.log_file: Path | None = None
+        self._file_handler: logging.Handler | None = None
+
+    # -- network server (the node) ----------------------------------------------------------
+
+    async def start_network(self, config: NodeConfig) -> None:
+        """Start the node (peers, models, pipes) without its API; failures end in state ``failed``."""
+        if self.node is not None:
+            raise RuntimeError("the network server is already running")
+        self._log_to_file(config)
+        for variable in THREAD_VARIABLES:  # native pools size themselves when torch first loads
+            os.environ.setdefault(variable, str(config.torch_threads))
+        self.network_state, self.last_error = "starting", None
+        from language_pipes.node import Node  # torch loads here, not when the UI opens
+
+        try:
+            node = Node(config.model_copy(update={"job_port": None}))
+            self.node = node
+            await node.start()
+        except Exception as error:  # noqa: BLE001 - any start failure is shown in the UI, not a crash
+            log.error("the network server failed to start: %s", error)
+            log.debug("start-up failure", exc_info=True)
+            self.last_error = f"network server: {error}"
+            await self._stop_node_quietly()
+            self.network_state = "failed"
+            return
+        self.network_state = "running"
+        log.info("network server of %s is running", config.node_id)
+
+    async def stop_network(self) -> None:
+        """Stop the job server (it needs the node) and then the node."""
+        await self.stop_job_server()
+        if self.node is None:
+            return
+        self.network_state = "stopping"
+        await self._stop_node_quietly()
+        self.network_state = "stopped"
+        log.info("network server stopped")
+
+    async def _stop_node_quietly(self) -> None:
+        node, self.node = self.node, None
+        if node is not None:
+            try:
+                await node.stop()
+            except Exception as error:  # noqa: BLE001 - stopping is best effort; say what went wrong
+                log.warning("stopping the node: %s", error)
+
+    # -- job server (the API) ---------------------------------------------------------------
+
+    async def start_job_server(self, config: NodeConfig) -> None:
+        """Serve the API on ``config.job_port`` with ``config.api_keys``; needs the network server."""
+        if self.node is None or self.network_state != "running":
+            self.last_error = "job server: start the network server first"
+            self.job_state = "failed"
+            return
+        if config.job_port is None:
+            self.last_error = "job server: set a job port first"
+            self.job_state = "failed"
+            return
+        if self.api_server is not None:
+            await self.stop_job_server()
+        from language_pipes.api.app import create_app
+        from language_pipes.api.server import ApiServer
+
+        self.job_state, self.last_error = "starting", None
+        app = create_app(self.node, api_keys=list(config.api_keys), max_api_jobs=config.max_api_jobs)
+        server = ApiServer(app, host="0.0.0.0", port=config.job_port)
+        try:
+            await server.start()
+        except Exception as error:  # noqa: BLE001 - a taken port or similar: show it, keep the node up
+            log.error("the job server failed to start: %s", error)
+            self.last_error = f"job server: {error}"
+            self.job_state = "failed"
+            return
+        self.api_server = server
+        self.node.api_server = server  # so a node stop also closes it
+        self.job_state = "running"
+        log.info("job server: OpenAI-compatible API on http://127.0.0.1:%d/v1", server.port)
+
+    async def stop_job_server(self) -> None:
+        server, self.api_server = self.api_server, None
+        if server is None:
+            if self.job_state != "failed":
+                self.job_state = "stopped"
+            return
+        self.job_state = "stopping"
+        if self.node is not None and self.node.api_server is server:
+            self.node.api_server = None
+        await server.stop()
+        self.job_state = "stopped"
+        log.info("job server stopped")
+
+    async def shutdown(self) -> None:
+        """Stop everything and close the log file (the UI is exiting)."""
+        await self.stop_network()
+        if self._file_handler is not None:
+            logging.getLogger().removeHandler(self._file_handler)
+            self._file_handler.close()
+            self._file_handler = None
+
+    # -- observation ------------------------------------------------------------------------
+
+    def active_jobs(self) -> list[ActiveJob]:
+        """Requests in flight on this node's schedulers, oldest first."""
+        if self.node is None:
+            return []
+        jobs: list[ActiveJob] = []
+        for hosted in list(self.node.models.values()):
+            if hosted.scheduler is None:
+                continue
+            # The scheduler has no public snapshot of its sequences yet; copy the list it swaps whole.
+            for sequence in list(getattr(hosted.scheduler, "_active", [])):
+                if sequence.finished:
+                    continue
+                prompt = len(sequence.request.prompt_token_ids)
+                jobs.append(
+                    ActiveJob(
+                        sequence_id=str(sequence.sequence_id),
+                        model_id=str(hosted.model_id),
+                        prompt_tokens=prompt,
+                        prefilled_tokens=min(sequence.fed, prompt),
+                        generated_tokens=len(sequence.generated),
+                    )
+                )
+        return jobs
+
+    def _log_to_file(self, config: NodeConfig) -> None:
+        """One log file per network-server start, like ``run``; the UI keeps its own copy in view."""
+        root = logging.getLogger()
+        root.setLevel(_LEVELS[config.log_level])
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(max(logging.WARNING, _LEVELS[config.log_level]))
+        if self._file_handler is not None:
+            root.removeHandler(self._file_handler)
+            self._file_handler.close()
+        path = log_file_path(config.node_id)
+        with contextlib.suppress(FileExistsError):  # another run created the folder just now
+            path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter(FILE_FORMAT))
+        root.addHandler(handler)
+        self._file_handler, self.log_file = handler, path

@@ -1,0 +1,1 @@
+"""The dashboard's tabs: Home, Network, Models, Pipes, Jobs."""

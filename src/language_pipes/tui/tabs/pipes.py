@@ -1,0 +1,56 @@
+"""Pipes: every model's segments in layer order, the node hosting each, complete or not."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from textual.app import ComposeResult
+from textual.widgets import Static
+
+from language_pipes.tui.status import draw_pipe, pipe_views
+from language_pipes.tui.tabs.base import DashboardTab
+
+
+class PipesTab(DashboardTab):
+    def compose(self) -> ComposeResult:
+        yield Static("", id="pipes")
+
+    def refresh_live(self) -> None:
+        node = self.dashboard.control.node
+        widget = self.query_one("#pipes", Static)
+        if node is None:
+            widget.update("Start the network server to see the pipes of the network.")
+            return
+        total = {str(m): h.source.num_layers for m, h in node.models.items()}
+        first = {
+            str(m): h.end_model.local_layers.end for m, h in node.models.items() if h.end_model is not None
+        }
+        complete = {str(m): node.route_for(m) is not None for m, h in node.models.items() if h.end_model}
+        views = pipe_views(node.network.records(), total, first, complete)
+        if not views:
+            widget.update("No model is hosted anywhere in the network yet.")
+            return
+        table = Table(expand=True)
+        for column in ("Model", "Layers", "Segments (layer order)", "State"):
+            table.add_column(column)
+        for view in views:
+            segments = "\n".join(
+                f"{s.start_layer}-{s.end_layer - 1} on {s.node_id}{'' if s.loaded else ' (loading)'}"
+                for s in view.segments
+            )
+            gaps = ", ".join(f"{start}-{end - 1}" for start, end in view.gaps())
+            if view.complete is None:
+                state = "layers only here"
+            elif view.complete:
+                state = "[green]complete[/]"
+            else:
+                state = f"[red]incomplete[/] (missing {gaps})" if gaps else "[red]incomplete[/]"
+            if view.loading:
+                state += " [yellow]loading[/]"
+            local = f"0-{view.first_shared_layer - 1} on end model" if view.first_shared_layer else ""
+            table.add_row(
+                view.model_id,
+                f"{view.total_layers or '?'}\n{draw_pipe(view, width=40)}",
+                "\n".join(part for part in (local, segments) if part) or "-",
+                state,
+            )
+        widget.update(table)
