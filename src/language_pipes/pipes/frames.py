@@ -23,6 +23,7 @@ _DTYPE_CODES: dict[torch.dtype, int] = {torch.bfloat16: 1, torch.float16: 2, tor
 _DTYPES_BY_CODE = {code: dtype for dtype, code in _DTYPE_CODES.items()}
 
 _STEP_FIXED = struct.Struct("!HHHBII")  # model id length, start, end, dtype, hidden size, sequence count
+SEQUENCE_ID_BYTES = 16
 _SEQUENCE = struct.Struct("!16sII")  # sequence id, start position, new tokens
 
 
@@ -41,7 +42,11 @@ class StepHeader:
 
 
 def encode_sequence_id(sequence_id: SequenceId) -> bytes:
-    return bytes.fromhex(sequence_id)
+    """The 16 raw bytes of a 32-hex-digit id; anything else is refused rather than padded or cut."""
+    raw = bytes.fromhex(sequence_id)
+    if len(raw) != SEQUENCE_ID_BYTES:
+        raise ValueError(f"sequence id must be {SEQUENCE_ID_BYTES} bytes (32 hex digits), got {len(raw)}")
+    return raw
 
 
 def decode_sequence_id(raw: bytes) -> SequenceId:
