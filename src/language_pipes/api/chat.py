@@ -12,6 +12,7 @@ endpoint shares (the Responses endpoint imports them); both raise APIError:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -21,15 +22,17 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Request
 from jinja2.exceptions import TemplateError
 from openai.types import CompletionUsage
-from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.chat.chat_completion import Choice
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
 from openai.types.chat.chat_completion_chunk import ChoiceDelta
 from starlette.responses import JSONResponse, Response
 
+from language_pipes.api import chat_tools
 from language_pipes.api.auth import AuthenticatedClient, JobSlot, job_limiter
 from language_pipes.api.errors import generation_failed, invalid_request
 from language_pipes.api.models_route import completion_token_budget, generator_for
+from language_pipes.api.reasoning import prompt_opens_reasoning
 from language_pipes.api.schemas import ChatCompletionRequest, read_body
 from language_pipes.api.sse import SSE_DONE, EventStreamResponse, cancel_on_disconnect, sse_event
 from language_pipes.engine.types import (
@@ -145,15 +148,6 @@ def reject_unsupported_chat_options(body: ChatCompletionRequest) -> None:
         )
     if body.logit_bias:
         raise invalid_request("logit_bias is not supported.", param="logit_bias")
-    if body.tools:
-        raise invalid_request("Tool calling is not supported on chat completions yet.", param="tools")
-    if body.tool_choice is not None and body.tool_choice not in ("none", "auto"):
-        raise invalid_request("tool_choice needs tools, which were not given.", param="tool_choice")
-    if body.response_format is not None and body.response_format.type != "text":
-        raise invalid_request(
-            f"response_format of type '{body.response_format.type}' is not supported.",
-            param="response_format",
-        )
     if body.store:
         raise invalid_request("Stored completions are not supported.", param="store")
     if body.stream_options is not None and not body.stream:
@@ -168,21 +162,41 @@ def reject_unsupported_chat_options(body: ChatCompletionRequest) -> None:
         )
 
 
-def build_chat_generation(body: ChatCompletionRequest, generator: TextGenerator) -> GenerationRequest:
-    """Apply the chat template and turn the body into an engine request."""
+@dataclass(frozen=True)
+class ChatGeneration:
+    """The engine request of one chat completion and how to read its output."""
+
+    request: GenerationRequest
+    plan: chat_tools.ChatOutputPlan
+    # The chat template's generation prompt already opened a <think> block.
+    starts_in_reasoning: bool
+
+
+def build_chat_generation(
+    body: ChatCompletionRequest, generator: TextGenerator, plan: chat_tools.ChatOutputPlan
+) -> ChatGeneration:
+    """Apply the chat template and turn the body and its output plan into an engine request."""
     try:
-        prompt = generator.encode_chat([message.template_message() for message in body.messages])
+        prompt = generator.encode_chat(chat_tools.chat_template_messages(body, plan))
     except TemplateError as error:
         # The model's chat template refused this conversation (e.g. a role order it does not accept).
         raise invalid_request(
             f"The model's chat template rejected the messages: {error}", "messages"
         ) from None
     budget = completion_token_budget(generator, len(prompt), body.requested_max_tokens())
-    return GenerationRequest(
+    decode = getattr(generator.tokenizer, "decode", None)
+    prompt_tail = decode(prompt[-8:]) if decode is not None else ""
+    request = GenerationRequest(
         prompt_token_ids=prompt,
         sampling=body.sampling_params(),
         max_new_tokens=budget,
         stop=body.stop_sequences(),
+        constraint=plan.constraint,
+    )
+    return ChatGeneration(
+        request=request,
+        plan=plan,
+        starts_in_reasoning=plan.constraint is None and prompt_opens_reasoning(prompt_tail),
     )
 
 
@@ -207,21 +221,18 @@ def _usage(finished: Finished) -> CompletionUsage:
     )
 
 
-def chat_completion_body(identity: CompletionIdentity, outcome: GenerationOutcome) -> dict[str, object]:
-    reason = "length" if outcome.finished.reason == "length" else "stop"
+def chat_completion_body(
+    identity: CompletionIdentity, outcome: GenerationOutcome, chat: ChatGeneration
+) -> dict[str, object]:
+    message, reason = chat_tools.chat_message(
+        outcome.text, outcome.finished.reason, chat.plan, starts_in_reasoning=chat.starts_in_reasoning
+    )
     completion = ChatCompletion(
         id=identity.id,
         object="chat.completion",
         created=identity.created,
         model=identity.model,
-        choices=[
-            Choice(
-                index=0,
-                message=ChatCompletionMessage(role="assistant", content=outcome.text, refusal=None),
-                finish_reason=reason,
-                logprobs=None,
-            )
-        ],
+        choices=[Choice(index=0, message=message, finish_reason=reason, logprobs=None)],
         usage=_usage(outcome.finished),
     )
     return completion.model_dump(mode="json", exclude_unset=True)
@@ -251,8 +262,9 @@ class ChunkWriter:
             [ChunkChoice(index=0, delta=ChoiceDelta(role="assistant", content=""), finish_reason=None)]
         )
 
-    def content(self, text: str) -> str:
-        return self._frame([ChunkChoice(index=0, delta=ChoiceDelta(content=text), finish_reason=None)])
+    def delta(self, delta: ChoiceDelta) -> str:
+        """One chunk carrying content, reasoning_content or tool_calls."""
+        return self._frame([ChunkChoice(index=0, delta=delta, finish_reason=None)])
 
     def finish(self, reason: str) -> str:
         return self._frame([ChunkChoice(index=0, delta=ChoiceDelta(), finish_reason=reason)])
@@ -261,20 +273,25 @@ class ChunkWriter:
         return self._frame([], usage=_usage(finished))
 
 
-async def chat_stream_frames(started: StartedGeneration, writer: ChunkWriter) -> AsyncIterator[str]:
-    """role chunk, content chunks, finish chunk, [usage chunk], [DONE]; an error event on failure."""
+async def chat_stream_frames(
+    started: StartedGeneration, writer: ChunkWriter, interpreter: chat_tools.ChatDeltaInterpreter
+) -> AsyncIterator[str]:
+    """role chunk, delta chunks, finish chunk, [usage chunk], [DONE]; an error event on failure."""
     yield writer.role()
     event: GenerationEvent | None = started.first_event
     try:
         while event is not None:
             if isinstance(event, TextDelta):
-                if event.text:
-                    yield writer.content(event.text)
+                for delta in interpreter.feed(event.text):
+                    yield writer.delta(delta)
             elif event.reason == "error":
                 yield error_event(event.error or "The generation failed.", event.error_status)
                 break
             else:
-                yield writer.finish(event.reason)
+                last_deltas, reason = interpreter.finish(event.reason)
+                for delta in last_deltas:
+                    yield writer.delta(delta)
+                yield writer.finish(reason)
                 if writer.include_usage:
                     yield writer.usage(event)
                 break
@@ -291,12 +308,12 @@ async def chat_stream_frames(started: StartedGeneration, writer: ChunkWriter) ->
 async def _stream_chat(
     request: Request,
     generator: TextGenerator,
-    generation: GenerationRequest,
+    chat: ChatGeneration,
     body: ChatCompletionRequest,
     slot: JobSlot,
 ) -> Response:
     try:
-        started = await start_streamed_generation(request, generator, generation)
+        started = await start_streamed_generation(request, generator, chat.request)
     except BaseException:
         slot.release()
         raise
@@ -308,7 +325,8 @@ async def _stream_chat(
             slot.release()
 
     writer = ChunkWriter(CompletionIdentity.new(body.model), body.include_usage())
-    return EventStreamResponse(chat_stream_frames(started, writer), on_close=close)
+    interpreter = chat_tools.ChatDeltaInterpreter(chat.plan, starts_in_reasoning=chat.starts_in_reasoning)
+    return EventStreamResponse(chat_stream_frames(started, writer, interpreter), on_close=close)
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -316,10 +334,12 @@ async def create_chat_completion(request: Request, client: AuthenticatedClient) 
     body = await read_body(request, ChatCompletionRequest)
     reject_unsupported_chat_options(body)
     generator = generator_for(request, body.model)
-    generation = build_chat_generation(body, generator)
+    # Compiling a grammar for tools or response_format can take a moment: keep it off the event loop.
+    plan = await asyncio.to_thread(chat_tools.plan_chat_output, body, generator)
+    chat = build_chat_generation(body, generator, plan)
     slot = job_limiter(request).acquire(client)
     if body.stream:
-        return await _stream_chat(request, generator, generation, body, slot)
+        return await _stream_chat(request, generator, chat, body, slot)
     with slot:
-        outcome = await run_generation(request, generator, generation)
-    return JSONResponse(chat_completion_body(CompletionIdentity.new(body.model), outcome))
+        outcome = await run_generation(request, generator, chat.request)
+    return JSONResponse(chat_completion_body(CompletionIdentity.new(body.model), outcome, chat))

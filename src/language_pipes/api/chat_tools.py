@@ -190,10 +190,10 @@ def chat_message(
         call = tool_calls.parse_enforced_call(text)
         if call is not None:
             message = ChatCompletionMessage(
-                role="assistant", content=None, tool_calls=_message_tool_calls([call])
+                role="assistant", content=None, refusal=None, tool_calls=_message_tool_calls([call])
             )
             return message, "tool_calls"
-        return ChatCompletionMessage(role="assistant", content=text), finish
+        return ChatCompletionMessage(role="assistant", content=text, refusal=None), finish
     split = split_reasoning(text, starts_in_reasoning=starts_in_reasoning)
     extra: dict[str, Any] = {"reasoning_content": split.reasoning} if split.reasoning else {}
     if plan.mode == "auto_tools":
@@ -202,10 +202,10 @@ def chat_message(
         )
         if calls:
             message = ChatCompletionMessage(
-                role="assistant", content=None, tool_calls=_message_tool_calls(calls), **extra
+                role="assistant", content=None, refusal=None, tool_calls=_message_tool_calls(calls), **extra
             )
             return message, "tool_calls"
-    return ChatCompletionMessage(role="assistant", content=split.answer, **extra), finish
+    return ChatCompletionMessage(role="assistant", content=split.answer, refusal=None, **extra), finish
 
 
 class ChatDeltaInterpreter:

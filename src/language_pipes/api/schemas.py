@@ -187,8 +187,22 @@ class FunctionDefinition(StrictModel):
 
 
 class ChatTool(StrictModel):
+    """A custom function tool; hosted tool types are rejected with a message naming them."""
+
     type: Literal["function"]
     function: FunctionDefinition
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_function_tools(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("type") not in (None, "function"):
+            raise PydanticCustomError(
+                "unsupported_tool_type",
+                "Tool type '{tool_type}' is not supported: only custom function tools (type 'function') "
+                "are; hosted tools are not available on this server.",
+                {"tool_type": value.get("type")},
+            )
+        return value
 
 
 class NamedFunction(StrictModel):
