@@ -189,7 +189,7 @@ class NodeControl:
         """One log file per network-server start, like ``run``; the UI keeps its own copy in view."""
         root = logging.getLogger()
         root.setLevel(_LEVELS[config.log_level])
-        for name in NOISY_LOGGERS:
+        for name in (*NOISY_LOGGERS, "httpx2"):
             logging.getLogger(name).setLevel(max(logging.WARNING, _LEVELS[config.log_level]))
         if self._file_handler is not None:
             root.removeHandler(self._file_handler)

@@ -34,7 +34,7 @@ class PipesTab(DashboardTab):
             table.add_column(column)
         for view in views:
             segments = "\n".join(
-                f"{s.start_layer}-{s.end_layer - 1} on {s.node_id}{'' if s.loaded else ' (loading)'}"
+                f"{_layers(s.start_layer, s.end_layer)} on {s.node_id}{'' if s.loaded else ' (loading)'}"
                 for s in view.segments
             )
             gaps = ", ".join(f"{start}-{end - 1}" for start, end in view.gaps())
@@ -46,7 +46,10 @@ class PipesTab(DashboardTab):
                 state = f"[red]incomplete[/] (missing {gaps})" if gaps else "[red]incomplete[/]"
             if view.loading:
                 state += " [yellow]loading[/]"
-            local = f"0-{view.first_shared_layer - 1} on end model" if view.first_shared_layer else ""
+            ends = ", ".join(view.end_model_nodes) or "?"
+            local = ""
+            if view.first_shared_layer:
+                local = f"{_layers(0, view.first_shared_layer)} on end model ({ends})"
             table.add_row(
                 view.model_id,
                 f"{view.total_layers or '?'}\n{draw_pipe(view, width=40)}",
@@ -54,3 +57,8 @@ class PipesTab(DashboardTab):
                 state,
             )
         widget.update(table)
+
+
+def _layers(start: int, end: int) -> str:
+    """``3`` for one layer, ``3-9`` for several (inclusive, as people count)."""
+    return str(start) if end - start == 1 else f"{start}-{end - 1}"
