@@ -1,0 +1,66 @@
+"""What the dashboard computes: readiness hints, pipes with their gaps, job rates."""
+
+from __future__ import annotations
+
+from language_pipes.network.types import HostedSegment, NodeId, NodeRecord
+from language_pipes.tui.status import JobRates, draw_pipe, missing_before_serving, pipe_views
+
+MODEL = "org/model"
+
+
+Spans = list[tuple[int, int, bool]]
+
+
+def record(node_id: str, segments: Spans, end_models: tuple[str, ...] = ()) -> NodeRecord:
+    return NodeRecord(
+        node_id=NodeId(node_id),
+        public_key=bytes(32),
+        address="127.0.0.1",
+        port=5000,
+        segments=tuple(HostedSegment(MODEL, start, end, loaded) for start, end, loaded in segments),
+        end_models=end_models,
+        load=0,
+        version=1,
+    )
+
+
+def test_a_new_configuration_lists_everything_it_lacks() -> None:
+    missing = missing_before_serving(["node_id: required key is missing"], {}, False, False)
+    assert missing[0].startswith("set a node id")
+    assert any("add an end model" in line for line in missing)
+    assert any("set a job port" in line for line in missing)
+    assert any("start the network server" in line for line in missing)
+
+
+def test_a_serving_node_lacks_nothing_and_an_incomplete_pipe_is_named() -> None:
+    values = {"node_id": "a", "end_models": [MODEL], "job_port": 8000}
+    assert missing_before_serving([], values, True, True) == []
+    assert missing_before_serving([], values, True, True, [MODEL]) == [f"no complete pipe for model {MODEL}"]
+    assert missing_before_serving([], values, True, False) == ["start the job server (Home or Jobs > Server)"]
+
+
+def test_pipes_show_segments_in_layer_order_with_their_gaps() -> None:
+    records = {
+        "b": record("b", [(20, 30, False)]),
+        "a": record("a", [(1, 10, True)], end_models=(MODEL,)),
+    }
+    (view,) = pipe_views(records, {MODEL: 30}, {MODEL: 1}, {MODEL: False})
+    assert [(s.node_id, s.start_layer) for s in view.segments] == [("a", 1), ("b", 20)]
+    assert view.end_model_nodes == ("a",)
+    assert view.gaps() == [(10, 20)]
+    assert view.loading and view.complete is False
+    assert draw_pipe(view) == "E" + "A" * 9 + "·" * 10 + "~" * 10
+
+
+def test_a_model_known_only_from_peers_has_unknown_completeness() -> None:
+    (view,) = pipe_views({"b": record("b", [(0, 5, True)])}, {}, {}, {})
+    assert view.complete is None and view.total_layers is None and view.gaps() == []
+
+
+def test_job_rates_count_tokens_since_first_seen() -> None:
+    rates = JobRates()
+    assert rates.rate("s", 0, now=0.0) is None
+    assert rates.rate("s", 4, now=1.0) is None  # first sight: no interval yet
+    assert rates.rate("s", 14, now=3.0) == 5.0
+    rates.forget_except([])
+    assert rates.first_token_at == {}
