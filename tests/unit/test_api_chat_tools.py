@@ -272,3 +272,16 @@ def test_tool_round_trip_renders_through_the_real_chat_template(real_tokenizer: 
     )
     assert '{"temperature": 72}' in rendered and "get_weather" in rendered and "call_abc" in rendered
     assert rendered.endswith("<|im_start|>assistant\n")
+
+
+def test_an_answer_sent_back_with_its_reasoning_is_accepted_and_the_reasoning_not_shown() -> None:
+    first = post(ScriptedGenerator(MODEL, ["<think>secret plan</think>", CALL_TEXT]), tools=[WEATHER])
+    message = first.json()["choices"][0]["message"]
+    assert message["reasoning_content"] == "secret plan" and message["tool_calls"]
+    call_id = message["tool_calls"][0]["id"]
+    history = [*ASK_WEATHER, message, {"role": "tool", "tool_call_id": call_id, "content": "72F"}]
+    generator = ScriptedGenerator(MODEL, ["Warm."])
+    response = post(generator, messages=history, tools=[WEATHER])
+    assert response.status_code == 200, response.text
+    assert all("secret plan" not in str(turn["content"]) for turn in generator.last_messages)
+    assert f"Result of tool 'get_weather' (call {call_id})" in str(generator.last_messages[-1]["content"])

@@ -135,6 +135,9 @@ class ChatMessage(StrictModel):
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     refusal: str | None = None
+    # An earlier answer's reasoning sent back as this server returned it: accepted, not shown again
+    # (as with reasoning items in the Responses API).
+    reasoning_content: str | None = None
 
     @model_validator(mode="after")
     def _fields_fit_role(self) -> ChatMessage:
