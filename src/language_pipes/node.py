@@ -27,7 +27,7 @@ from language_pipes.models.segment import LayerSegment
 from language_pipes.models.store import ModelStore
 from language_pipes.network.identity import load_or_create_identity
 from language_pipes.network.peer_network import PeerNetwork
-from language_pipes.network.types import HostedSegment, NodeId
+from language_pipes.network.types import HostedSegment, NodeId, NodeRecord
 from language_pipes.pipes.placement import LayerSpan, choose_span, layers_that_fit
 from language_pipes.pipes.remote import RemoteSegment
 from language_pipes.pipes.route import LocalHop, Route, SegmentRunner
@@ -40,6 +40,7 @@ GIGABYTE = 1_000_000_000
 FAILURE_TIMEOUT_S = 3.0
 BOOTSTRAP_SETTLE_S = 3.0
 LOAD_REPORT_INTERVAL_S = 1.0
+DRAIN_TIMEOUT_S = 30.0
 # Layer nodes start pipes after the end model's local layers (num_local_layers defaults to 1).
 DEFAULT_FIRST_SHARED_LAYER = 1
 
@@ -63,7 +64,7 @@ class Node:
         self.config = config
         self.store = store or ModelStore()
         self.models: dict[ModelId, HostedModel] = {}
-        self._routes: dict[tuple[Hop, ...], Route] = {}
+        self._routes: dict[tuple[ModelId, tuple[Hop, ...]], Route] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.network = PeerNetwork(
@@ -78,6 +79,7 @@ class Node:
         )
         self.worker = LayerWorker(self.network, config.max_node_jobs)
         self.network.on_peer_lost(self._on_peer_lost)
+        self.network.on_records_changed(self._retire_stale_routes)
         self.api_server: ApiServer | None = None
 
     @property
@@ -107,6 +109,8 @@ class Node:
             log.info("OpenAI-compatible API on http://127.0.0.1:%d/v1", self.config.job_port)
 
     async def stop(self) -> None:
+        """Leave gracefully: stop taking sequences, let origins move the ones held here, then exit."""
+        await self._drain()
         for task in self._tasks:
             task.cancel()
         if self.api_server is not None:
@@ -116,6 +120,17 @@ class Node:
                 await asyncio.to_thread(hosted.scheduler.stop)
         await self.worker.stop()
         await self.network.stop()
+
+    async def _drain(self) -> None:
+        if self.worker.sequence_count == 0:
+            return
+        log.info("leaving: handing %d sequences back to their origins", self.worker.sequence_count)
+        self.worker.draining = True
+        self.network.set_local_record(segments=[])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT_S
+        while self.worker.sequence_count and loop.time() < deadline:
+            await asyncio.sleep(0.1)
 
     async def _wait_for_peers(self) -> None:
         """Give bootstrap and gossip a moment so placement sees what the network already hosts."""
@@ -245,12 +260,21 @@ class Node:
         hops = plan_route(hosted.end_model.local_layers.end, hosted.source.num_layers, offers, self.node_id)
         if hops is None:
             return None
-        route = self._routes.get(hops)
+        route = self._routes.get((model_id, hops))
         if route is None:
-            route = self._routes[hops] = Route(
-                [self._runner(hosted, hop) for hop in hops], name=_describe(hops)
-            )
+            route = Route([self._runner(hosted, hop) for hop in hops], name=_describe(hops))
+            self._routes[(model_id, hops)] = route
         return route
+
+    def _retire_stale_routes(self) -> None:
+        """Routes through segments the network no longer offers stop taking steps; their sequences move."""
+        records = self.network.records()
+        for key, route in list(self._routes.items()):
+            model_id, hops = key
+            remote = [hop for hop in hops if hop.node_id != self.node_id]
+            if not all(_offers(records.get(NodeId(hop.node_id)), model_id, hop) for hop in remote):
+                route.retired = True
+                del self._routes[key]
 
     def _runner(self, hosted: HostedModel, hop: Hop) -> SegmentRunner:
         if hop.node_id == self.node_id:
@@ -279,6 +303,13 @@ class Node:
         if self.route_for(hosted.model_id) is None:
             raise ModelUnavailableError(model_id)
         return hosted.generator
+
+
+def _offers(record: NodeRecord | None, model_id: str, hop: Hop) -> bool:
+    return record is not None and any(
+        s.model_id == model_id and s.loaded and s.start_layer <= hop.start and hop.end <= s.end_layer
+        for s in record.segments
+    )
 
 
 def _describe(hops: tuple[Hop, ...]) -> str:

@@ -132,6 +132,10 @@ class Scheduler:
         by_route = groupby(sorted(self._active, key=lambda s: id(s.route)), key=lambda s: id(s.route))
         for _, group in by_route:
             members = list(group)
+            route = members[0].route
+            if route is not None and route.retired:
+                self._reroute(members, RuntimeError(f"{route} was retired"), counts_as_failure=False)
+                continue
             try:
                 self._step_route(members)
             except Exception as error:  # noqa: BLE001 - a lost hop only affects the sequences on that route
@@ -139,7 +143,7 @@ class Scheduler:
                 self._reroute(members, error)
         self._drop_finished()
 
-    def _reroute(self, members: list[Sequence], error: Exception) -> None:
+    def _reroute(self, members: list[Sequence], error: Exception, counts_as_failure: bool = True) -> None:
         """Move the sequences of a failed route to a new one and replay their tokens there.
 
         The origin owns every token, so feeding prompt + generated tokens again
@@ -150,7 +154,7 @@ class Scheduler:
         for sequence in members:
             assert sequence.route is not None
             sequence.route.release(sequence.sequence_id)
-            sequence.replays += 1
+            sequence.replays += int(counts_as_failure)
             route = self.choose_route() if sequence.replays <= MAX_REPLAYS else None
             if route is None:
                 sequence.finish(

@@ -36,6 +36,8 @@ class Route:
     def __init__(self, segments: Sequence[SegmentRunner], name: str = "local") -> None:
         self.segments = tuple(segments)
         self.name = name
+        # Set when a hop stops offering its layers (e.g. its node is leaving): sequences move elsewhere.
+        self.retired = False
 
     def forward(self, hidden: torch.Tensor, batch: SegmentBatch) -> torch.Tensor:
         for segment in self.segments:

@@ -44,6 +44,8 @@ class LayerWorker:
         self.max_node_jobs = max_node_jobs
         self.segments: dict[str, list[LayerSegment]] = {}
         self._owners: dict[NodeId, set[SequenceId]] = {}
+        # True while the node is leaving: no new sequences; origins move the ones it holds.
+        self.draining = False
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="layers")
         self._sweeper: asyncio.Task[None] | None = None
         network.register_handler(KIND_OPEN, self._on_open)
@@ -75,6 +77,8 @@ class LayerWorker:
         if not isinstance(header, dict):
             raise ValueError("pipe.open needs a header object")
         self._segment_for(str(header.get("model_id")), int(header["start"]), int(header["end"]))
+        if self.draining:
+            raise NodeBusyError(f"node {self.network.node_id} is leaving the network")
         owned = self._owners.setdefault(sender, set())
         new = [sid for sid in decode_sequence_ids(payload) if sid not in owned]
         if len(owned) + len(new) > self.max_node_jobs:
