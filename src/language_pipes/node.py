@@ -28,7 +28,7 @@ from language_pipes.models.store import ModelStore
 from language_pipes.network.identity import load_or_create_identity
 from language_pipes.network.peer_network import PeerNetwork
 from language_pipes.network.types import HostedSegment, NodeId, NodeRecord
-from language_pipes.pipes.placement import LayerSpan, choose_span, layers_that_fit
+from language_pipes.pipes.placement import KV_HEADROOM_TOKENS, LayerSpan, choose_span, layers_that_fit
 from language_pipes.pipes.remote import RemoteSegment
 from language_pipes.pipes.route import LocalHop, Route, SegmentRunner
 from language_pipes.pipes.routing import Hop, Offer, plan_route
@@ -202,6 +202,7 @@ class Node:
         segment = await asyncio.to_thread(
             LayerSegment, hosted.source, span.start, span.end, dtype, torch.device(entry.device)
         )
+        segment.kv_budget_bytes = KV_HEADROOM_TOKENS * hosted.source.kv_bytes_per_token(dtype) * len(span)
         hosted.segments.append(segment)
         self.worker.host(entry.model_id, segment)
         self._publish_record()

@@ -40,6 +40,10 @@ class SegmentBatch:
         return torch.cat(ranges).unsqueeze(0).to(device)
 
 
+class KVBudgetExceededError(RuntimeError):
+    """The segment's KV caches use their whole memory budget; new sequences must wait or go elsewhere."""
+
+
 class UnknownSequenceError(KeyError):
     """A step continues a sequence whose cache this segment does not hold (e.g. after a restart)."""
 
@@ -59,6 +63,8 @@ class LayerSegment:
         self._caches: dict[SequenceId, SequenceCache] = {}
         self._last_used: dict[SequenceId, float] = {}
         self._lock = threading.Lock()
+        # Bytes the KV caches may take before new sequences are refused (None: no limit).
+        self.kv_budget_bytes: int | None = None
 
     @property
     def layer_range(self) -> range:
@@ -101,7 +107,14 @@ class LayerSegment:
         return hidden
 
     def open(self, sequence_id: SequenceId) -> None:
-        """Nothing to reserve for a local segment: its caches are created on the first step."""
+        """Admit a new sequence unless the KV caches already fill their budget (caches grow on each step)."""
+        if self.kv_budget_bytes is not None and sequence_id not in self._caches:
+            used = self.cache_nbytes()
+            if used >= self.kv_budget_bytes:
+                raise KVBudgetExceededError(
+                    f"the KV cache of layers {self.start}-{self.end - 1} is full "
+                    f"({used / 2**20:.0f} of {self.kv_budget_bytes / 2**20:.0f} MiB)"
+                )
 
     def _cache_for(self, sequence_id: SequenceId, start_position: int, first_layer: int) -> SequenceCache:
         with self._lock:

@@ -76,7 +76,7 @@ class LayerWorker:
     async def _on_open(self, sender: NodeId, header: Header, payload: bytes) -> Reply:
         if not isinstance(header, dict):
             raise ValueError("pipe.open needs a header object")
-        self._segment_for(str(header.get("model_id")), int(header["start"]), int(header["end"]))
+        segment = self._segment_for(str(header.get("model_id")), int(header["start"]), int(header["end"]))
         if self.draining:
             raise NodeBusyError(f"node {self.network.node_id} is leaving the network")
         owned = self._owners.setdefault(sender, set())
@@ -86,6 +86,8 @@ class LayerWorker:
                 f"node {self.network.node_id} already holds {len(owned)} sequences for {sender} "
                 f"(max_node_jobs = {self.max_node_jobs})"
             )
+        for sequence_id in new:
+            segment.open(sequence_id)
         owned.update(new)
         return {"accepted": len(new)}, b""
 
