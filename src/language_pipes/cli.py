@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a config file path containing .toml, or the NAME of a saved config "
         "($LP_APP_DIR/configs/NAME.toml)",
     )
+    parser.add_argument(
+        "--start",
+        action="store_true",
+        help="with the terminal interface and -c: start the network and job servers at once",
+    )
     parser.add_argument("-v", "--version", action="version", version=f"language-pipes {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("run", help="run a node headless (needs -c)")
@@ -77,7 +82,7 @@ def command_run(config: NodeConfig) -> int:
         return 130
 
 
-def command_tui(config_argument: str | None) -> int:
+def command_tui(config_argument: str | None, start: bool = False) -> int:
     try:
         from language_pipes.tui.app import run_tui
     except ImportError as error:
@@ -88,7 +93,9 @@ def command_tui(config_argument: str | None) -> int:
             "the terminal interface is not available in this build; "
             "use 'language-pipes -c FILE run' (see language-pipes -h)"
         )
-    return run_tui(resolve_config_path(config_argument) if config_argument else None)
+    if start and config_argument is None:
+        raise ConfigError("--start needs a configuration: language-pipes -c FILE --start")
+    return run_tui(resolve_config_path(config_argument) if config_argument else None, start=start)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         if arguments.command is None:
-            return command_tui(arguments.config)
+            return command_tui(arguments.config, arguments.start)
         config = _load(arguments.config, arguments.command)
     except ConfigError as error:
         # A bad or missing config: one line, nothing started.
