@@ -181,3 +181,10 @@ async def test_starting_an_incomplete_configuration_says_what_to_fix(app_dir: Pa
         assert notice(app) == "Cannot start: empty.toml: node_id: required key is missing"
         assert app.control.node is None
         assert isinstance(app.screen.query_one("#start-jobs", Button), Button)
+
+
+async def test_start_at_once_tries_to_start_the_opened_configuration(app_dir: Path) -> None:
+    app = LanguagePipesApp(create_config("empty"), start=True)  # what -c empty --start does
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.3)
+        assert notice(app) == "Cannot start: empty.toml: node_id: required key is missing"
