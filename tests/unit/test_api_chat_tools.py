@@ -147,10 +147,12 @@ def test_named_tool_choice_non_streamed(real_tokenizer: Any) -> None:
     generator = ScriptedGenerator(MODEL, [CALL_TEXT])
     generator.tokenizer = real_tokenizer
     named = {"type": "function", "function": {"name": "get_weather"}}
-    choice = post(generator, tools=[WEATHER], tool_choice=named).json()["choices"][0]
+    choice = post(generator, tools=[WEATHER], tool_choice=named, stop=[","]).json()["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"]["tool_calls"][0]["function"]["arguments"] == '{"city": "Chicago"}'
-    assert isinstance(generator.records[0].request.constraint, GrammarConstraint)
+    request = generator.records[0].request
+    assert isinstance(request.constraint, GrammarConstraint)
+    assert request.stop == (), "a stop string must not cut an enforced call short"
 
 
 def test_response_format_puts_a_json_constraint_on_the_engine(real_tokenizer: Any) -> None:
@@ -182,6 +184,22 @@ def test_response_format_puts_a_json_constraint_on_the_engine(real_tokenizer: An
         (
             {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]},
             "tools[0].function.parameters",
+        ),
+        (
+            {
+                "tools": [
+                    WEATHER,
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "broken",
+                            "parameters": {"type": "object", "properties": {"a": {"type": "no-such-type"}}},
+                        },
+                    },
+                ],
+                "tool_choice": {"type": "function", "function": {"name": "broken"}},
+            },
+            "tools[1].function.parameters",
         ),
         (
             {

@@ -190,7 +190,9 @@ def build_chat_generation(
         prompt_token_ids=prompt,
         sampling=body.sampling_params(),
         max_new_tokens=budget,
-        stop=body.stop_sequences(),
+        # A stop string could cut a constrained output short of its grammar (an enforced call or a
+        # schema-valid JSON value); there the grammar alone decides where the output ends.
+        stop=() if plan.constraint is not None else body.stop_sequences(),
         constraint=plan.constraint,
     )
     return ChatGeneration(

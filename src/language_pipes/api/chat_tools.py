@@ -95,8 +95,9 @@ def plan_chat_output(body: ChatCompletionRequest, generator: TextGenerator) -> C
     constraint: GrammarConstraint | None = None
     if tool_calls.call_is_enforced(choice):
         mode: ChatOutputMode = "enforced_call"
-        for index, tool in enumerate(callable_tools):
-            if tool.parameters:
+        callable_names = {tool.name for tool in callable_tools}
+        for index, tool in enumerate(tools):  # index into the request's tools, for the error's param
+            if tool.name in callable_names and tool.parameters:
                 try:
                     check_json_schema(
                         tokenizer, tool.parameters, what=f"The parameters of tool '{tool.name}'"
