@@ -1,0 +1,336 @@
+"""Chaos run: stream greedy requests through a cluster while layer nodes are killed and restarted.
+
+The script starts a cluster on 127.0.0.1 (one end-model node serving the API,
+``--layer-nodes`` layer nodes), then:
+
+1. computes the undisturbed reference: every prompt streamed alone, greedy,
+   on the same cluster with no kills;
+2. keeps ``--streams`` streaming greedy chat completions going for
+   ``--seconds`` seconds while a seeded chaos loop SIGKILLs a random layer node
+   or restarts a dead one (same config, ports and identity) every few
+   seconds, never killing a node whose loss would leave a layer uncovered;
+3. counts requests started, completed, failed and hung, compares every
+   completed output with the reference, prints a summary table and writes
+   everything (settings, chaos events, each request) as JSON.
+
+With ``--layout split`` (the default for three or more layer nodes) the first
+two layer nodes split layers 1-29 between them (1-15 and 16-29) and the
+others host every layer, so each layer range has at least two replicas and
+routes combine segments of different nodes. ``--layout full``: every layer
+node hosts every layer.
+
+Exit code: 0 when every request completed with the reference output, 1 on
+any failure, hang or mismatch, 2 when the cluster or reference could not be
+set up.
+
+Usage (from the repository root)::
+
+    python scripts/chaos.py                                  # 8 streams, 2 minutes, seed 1
+    python scripts/chaos.py --streams 4 --seconds 40 --seed 7 --json chaos.json
+    python scripts/chaos.py --layer-nodes 2 --layout full --max-tokens 24
+
+``--model-dir`` (default ``$LP_MODEL_DIR`` or the user's model store) is where
+the nodes find the default model; the first run prepares it there. Node logs
+stay under ``--workdir`` (a fresh temporary folder by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from language_pipes.paths import model_dir  # noqa: E402 - after the tests/ path for the support package
+from support.chaos_cluster import (  # noqa: E402 - after the tests/ path for the support package
+    ALL_LAYERS_GIGABYTES,
+    HALF_LAYERS_GIGABYTES,
+    PROMPTS,
+    ChaosCluster,
+    LayerNode,
+    StreamResult,
+    client_for,
+    stream_chat,
+)
+
+Layout = Literal["split", "full"]
+ChaosAction = Literal["kill", "restart"]
+
+
+@dataclass(frozen=True)
+class ChaosSettings:
+    streams: int = 8
+    seconds: float = 120.0
+    seed: int = 1
+    layer_nodes: int = 4
+    layout: Layout = "split"
+    max_tokens: int = 32
+    kill_every_min: float = 4.0
+    kill_every_max: float = 10.0
+    hang_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class ChaosEvent:
+    at_seconds: float
+    action: ChaosAction
+    node: str
+    layers: str
+
+
+@dataclass
+class RequestRecord:
+    stream: int
+    started_at: float
+    prompt_index: int
+    outcome: str
+    matches_reference: bool | None
+    seconds: float
+    finish_reason: str | None
+    error: str | None
+    text: str
+
+
+@dataclass
+class ChaosReport:
+    settings: ChaosSettings
+    reference: dict[int, str] = field(default_factory=dict)
+    events: list[ChaosEvent] = field(default_factory=list)
+    requests: list[RequestRecord] = field(default_factory=list)
+
+    def count(self, predicate: Callable[[RequestRecord], bool]) -> int:
+        return sum(1 for request in self.requests if predicate(request))
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "started": len(self.requests),
+            "completed": self.count(lambda r: r.outcome == "completed"),
+            "failed": self.count(lambda r: r.outcome == "failed"),
+            "hung": self.count(lambda r: r.outcome == "hung"),
+            "mismatched": self.count(lambda r: r.matches_reference is False),
+            "kills": sum(1 for e in self.events if e.action == "kill"),
+            "restarts": sum(1 for e in self.events if e.action == "restart"),
+        }
+
+    @property
+    def passed(self) -> bool:
+        summary = self.summary()
+        return summary["failed"] == 0 and summary["hung"] == 0 and summary["mismatched"] == 0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "settings": asdict(self.settings),
+            "summary": self.summary(),
+            "passed": self.passed,
+            "reference": {str(index): text for index, text in self.reference.items()},
+            "events": [asdict(event) for event in self.events],
+            "requests": [asdict(request) for request in self.requests],
+        }
+
+
+def _layer_memories(settings: ChaosSettings) -> list[float]:
+    if settings.layout == "split":
+        return [HALF_LAYERS_GIGABYTES] * 2 + [ALL_LAYERS_GIGABYTES] * (settings.layer_nodes - 2)
+    return [ALL_LAYERS_GIGABYTES] * settings.layer_nodes
+
+
+def start_cluster(cluster: ChaosCluster, settings: ChaosSettings) -> None:
+    cluster.start_end(max_api_jobs=max(8, settings.streams * 2))
+    for index, memory in enumerate(_layer_memories(settings)):
+        node = cluster.add_layer_node(f"layers-{index + 1}", memory)
+        print(f"  {node.name}: layers {_span(node)}", flush=True)
+    cluster.wait_until_servable()
+
+
+def compute_reference(cluster: ChaosCluster, settings: ChaosSettings) -> dict[int, str]:
+    """Each prompt streamed alone, no kills: what every chaos output must equal."""
+    assert cluster.end is not None
+    client = client_for(cluster.end, settings.hang_seconds)
+    reference: dict[int, str] = {}
+    for index in range(len(PROMPTS)):
+        result = stream_chat(client, index, settings.max_tokens, settings.hang_seconds * 2)
+        if result.outcome != "completed":
+            raise RuntimeError(f"reference request {index} {result.outcome}: {result.error}")
+        reference[index] = result.text
+    return reference
+
+
+class ChaosRun:
+    """The request streams and the chaos loop of one run."""
+
+    def __init__(self, cluster: ChaosCluster, settings: ChaosSettings, report: ChaosReport) -> None:
+        self.cluster = cluster
+        self.settings = settings
+        self.report = report
+        self.random = random.Random(settings.seed)
+        self.started = time.monotonic()
+        self.stop_requests = threading.Event()
+        self._lock = threading.Lock()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def stream_loop(self, stream: int) -> None:
+        assert self.cluster.end is not None
+        client = client_for(self.cluster.end, self.settings.hang_seconds)
+        prompt_index = stream
+        while not self.stop_requests.is_set():
+            started_at = self.elapsed()
+            result = stream_chat(client, prompt_index, self.settings.max_tokens, self.settings.hang_seconds)
+            self._record(stream, started_at, result)
+            prompt_index = (prompt_index + self.settings.streams) % len(PROMPTS)
+
+    def _record(self, stream: int, started_at: float, result: StreamResult) -> None:
+        index = result.prompt_index % len(PROMPTS)
+        matches = result.text == self.report.reference[index] if result.outcome == "completed" else None
+        record = RequestRecord(
+            stream,
+            round(started_at, 2),
+            index,
+            result.outcome,
+            matches,
+            round(result.seconds, 2),
+            result.finish_reason,
+            result.error,
+            result.text,
+        )
+        with self._lock:
+            self.report.requests.append(record)
+        if result.outcome != "completed" or not matches:
+            print(f"  [{started_at:6.1f}s] stream {stream}: {result.outcome} {result.error or 'mismatch'}")
+
+    def chaos_loop(self) -> None:
+        deadline = self.settings.seconds
+        while True:
+            pause = self.random.uniform(self.settings.kill_every_min, self.settings.kill_every_max)
+            if self.elapsed() + pause >= deadline:
+                return
+            time.sleep(pause)
+            self._act()
+
+    def _act(self) -> None:
+        dead = [node for node in self.cluster.layers if node.refresh() == "dead"]
+        killable = [node for node in self.cluster.serving() if self.cluster.can_lose(node)]
+        # Draw both choices every time so the sequence of draws depends only on the seed and the states.
+        wants_restart = self.random.random() < 0.5
+        pick = self.random.random()
+        if dead and (wants_restart or not killable):
+            node = dead[int(pick * len(dead))]
+            self.cluster.restart(node, wait=False)
+            self._event("restart", node)
+        elif killable:
+            node = killable[int(pick * len(killable))]
+            layers = _span(node)
+            self.cluster.kill(node)
+            self._event("kill", node, layers)
+
+    def _event(self, action: ChaosAction, node: LayerNode, layers: str | None = None) -> None:
+        event = ChaosEvent(round(self.elapsed(), 2), action, node.name, layers or "(loading)")
+        self.report.events.append(event)
+        print(f"  [{event.at_seconds:6.1f}s] {action} {node.name} {event.layers}", flush=True)
+
+    def run(self) -> None:
+        workers = [
+            threading.Thread(target=self.stream_loop, args=(stream,), name=f"stream-{stream}")
+            for stream in range(self.settings.streams)
+        ]
+        for worker in workers:
+            worker.start()
+        self.chaos_loop()
+        remaining = self.settings.seconds - self.elapsed()
+        if remaining > 0:
+            time.sleep(remaining)
+        self.stop_requests.set()
+        for worker in workers:
+            # A request in flight ends within its hang deadline; allow the deadline plus slack.
+            worker.join(self.settings.hang_seconds + 30)
+
+
+def _span(node: LayerNode) -> str:
+    return f"{node.layers.start}-{node.layers.stop - 1}" if node.layers is not None else "(loading)"
+
+
+def print_summary(report: ChaosReport) -> None:
+    summary = report.summary()
+    width = max(len(name) for name in summary)
+    print("\nchaos summary")
+    print("-" * (width + 10))
+    for name, value in summary.items():
+        print(f"{name:<{width}}  {value:>6}")
+    print("-" * (width + 10))
+    print("PASSED" if report.passed else "FAILED")
+
+
+def parse_arguments(argv: list[str] | None = None) -> tuple[ChaosSettings, argparse.Namespace]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=8, help="concurrent streaming requests")
+    parser.add_argument("--seconds", type=float, default=120.0, help="how long the chaos phase runs")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the kill/restart choices")
+    parser.add_argument("--layer-nodes", type=int, default=4, help="layer nodes (at least 2)")
+    parser.add_argument("--layout", choices=["split", "full"], help="split (default from 3 nodes) or full")
+    parser.add_argument("--max-tokens", type=int, default=32, help="max_tokens of every request")
+    parser.add_argument(
+        "--kill-every", default="4:10", help="MIN:MAX seconds between chaos actions (default 4:10)"
+    )
+    parser.add_argument("--hang-seconds", type=float, default=60.0, help="a request hangs after this")
+    parser.add_argument("--model-dir", type=Path, help="model store (default $LP_MODEL_DIR)")
+    parser.add_argument("--workdir", type=Path, help="node folders and logs (default: a new temp folder)")
+    parser.add_argument("--json", type=Path, help="write the report here (default WORKDIR/chaos.json)")
+    arguments = parser.parse_args(argv)
+    if arguments.layer_nodes < 2:
+        parser.error("--layer-nodes must be at least 2 (each layer needs two replicas)")
+    layout: Layout = arguments.layout or ("split" if arguments.layer_nodes >= 3 else "full")
+    if layout == "split" and arguments.layer_nodes < 3:
+        parser.error("--layout split needs at least 3 layer nodes (two halves and one full replica)")
+    low, _, high = arguments.kill_every.partition(":")
+    settings = ChaosSettings(
+        streams=arguments.streams,
+        seconds=arguments.seconds,
+        seed=arguments.seed,
+        layer_nodes=arguments.layer_nodes,
+        layout=layout,
+        max_tokens=arguments.max_tokens,
+        kill_every_min=float(low),
+        kill_every_max=float(high or low),
+        hang_seconds=arguments.hang_seconds,
+    )
+    return settings, arguments
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings, arguments = parse_arguments(argv)
+    workdir = arguments.workdir or Path(tempfile.mkdtemp(prefix="lp-chaos-"))
+    json_path = arguments.json or workdir / "chaos.json"
+    cluster = ChaosCluster.create(workdir / "nodes", arguments.model_dir or model_dir())
+    report = ChaosReport(settings)
+    print(f"chaos run: {settings}\nnode logs under {workdir}", flush=True)
+    try:
+        try:
+            start_cluster(cluster, settings)
+            report.reference = compute_reference(cluster, settings)
+        except (AssertionError, RuntimeError) as error:
+            # The cluster or the undisturbed reference failed: nothing to measure.
+            print(f"setup failed: {error}", file=sys.stderr)
+            return 2
+        print(f"reference ready; {settings.seconds:.0f} s of chaos, {settings.streams} streams", flush=True)
+        ChaosRun(cluster, settings, report).run()
+    finally:
+        cluster.stop_all()
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report.to_json(), indent=2))
+    print_summary(report)
+    print(f"report: {json_path}")
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
