@@ -60,10 +60,18 @@ def packed_attention(
         raise RuntimeError("packed_attention needs packed_layout= in the layer call")
     window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
     softcap = kwargs.get("softcap")
-    outputs = []
-    start = 0
-    for cache, length in zip(layout.caches, layout.lengths, strict=True):
-        end = start + length
+    starts = [sum(layout.lengths[:i]) for i in range(len(layout.lengths))]
+    outputs: list[torch.Tensor | None] = [None] * len(layout.lengths)
+    decoding = [i for i, length in enumerate(layout.lengths) if length == 1]
+    if len(decoding) > 1 and softcap is None:
+        # Several one-token steps: one batched SDPA over their padded caches instead of one call each.
+        batched = _batched_decode(module, query, key, value, layout, decoding, starts, window, scaling)
+        for row, index in enumerate(decoding):
+            outputs[index] = batched[row : row + 1]
+    for index, (cache, length) in enumerate(zip(layout.caches, layout.lengths, strict=True)):
+        if outputs[index] is not None:
+            continue
+        start, end = starts[index], starts[index] + length
         layer_cache = cache.layers[module.layer_idx]
         past = layer_cache.length
         keys, values = layer_cache.append(key[:, :, start:end], value[:, :, start:end])
@@ -76,9 +84,47 @@ def packed_attention(
             output, _ = sdpa_attention_forward(
                 module, query[:, :, start:end], keys, values, mask, dropout=0.0, scaling=scaling
             )
-        outputs.append(output)
-        start = end
-    return torch.cat(outputs, dim=1), None
+        outputs[index] = output
+    return torch.cat(outputs, dim=1), None  # type: ignore[arg-type]
+
+
+def _batched_decode(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    layout: PackedLayout,
+    rows: list[int],
+    starts: list[int],
+    window: int | None,
+    scaling: float | None,
+) -> torch.Tensor:
+    """Attention of one new token for each of ``rows``; returns ``[len(rows), 1, heads, head_dim]``."""
+    histories = []
+    for index in rows:
+        layer_cache = layout.caches[index].layers[module.layer_idx]
+        position = starts[index]
+        histories.append(
+            layer_cache.append(key[:, :, position : position + 1], value[:, :, position : position + 1])
+        )
+    longest = max(keys.shape[2] for keys, _ in histories)
+    count, kv_heads, head_dim = len(rows), key.shape[1], key.shape[3]
+    padded_keys = key.new_zeros(count, kv_heads, longest, head_dim)
+    padded_values = value.new_zeros(count, kv_heads, longest, value.shape[3])
+    allowed = torch.zeros(count, 1, 1, longest, dtype=torch.bool, device=query.device)
+    for row, (keys, values) in enumerate(histories):
+        length = keys.shape[2]
+        padded_keys[row, :, :length] = keys[0]
+        padded_values[row, :, :length] = values[0]
+        allowed[row, ..., max(0, length - window) if window else 0 : length] = True
+    heads = query.shape[1]
+    # Grouped-query attention without repeating keys: each KV head's query heads become its query rows.
+    queries = query[0, :, [starts[index] for index in rows]].transpose(0, 1)  # [rows, heads, head_dim]
+    queries = queries.reshape(count, kv_heads, heads // kv_heads, head_dim)
+    output = torch.nn.functional.scaled_dot_product_attention(
+        queries, padded_keys, padded_values, attn_mask=allowed, scale=scaling
+    )
+    return output.reshape(count, heads, 1, -1).transpose(1, 2)
 
 
 def _softcapped_attention(
