@@ -226,7 +226,28 @@ def test_sdk_parse_helper_with_pydantic_models(client: OpenAI) -> None:
 
 
 def test_tool_result_round_trip(client: OpenAI) -> None:
+    """The usual client loop: call, append the SDK's message object and the tool result, ask again."""
+    first = client.chat.completions.create(
+        model=MODEL, messages=ASK_WEATHER, tools=TOOLS, tool_choice="required", max_completion_tokens=120
+    )
+    answer = first.choices[0].message
+    [call] = answer.tool_calls or []
     messages: list[Any] = [
+        *ASK_WEATHER,
+        answer,
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 72}'},
+    ]
+    follow_up = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=TOOLS, tool_choice="none", max_completion_tokens=60
+    )
+    assert (follow_up.choices[0].message.content or "").strip()
+    question_only = client.chat.completions.create(
+        model=MODEL, messages=ASK_WEATHER, tools=TOOLS, tool_choice="none", max_completion_tokens=1
+    )
+    assert follow_up.usage is not None and question_only.usage is not None
+    assert follow_up.usage.prompt_tokens > question_only.usage.prompt_tokens + 10  # the call and its result
+
+    written_by_hand: list[Any] = [
         *ASK_WEATHER,
         {
             "role": "assistant",
@@ -241,11 +262,8 @@ def test_tool_result_round_trip(client: OpenAI) -> None:
         },
         {"role": "tool", "tool_call_id": "call_abc", "content": '{"temperature": 72}'},
     ]
-    completion = client.chat.completions.create(
-        model=MODEL, messages=messages, tools=TOOLS, tool_choice="none", max_completion_tokens=60
-    )
-    assert (completion.choices[0].message.content or "").strip()
-    assert completion.usage is not None and completion.usage.prompt_tokens > 50
+    again = client.chat.completions.create(model=MODEL, messages=written_by_hand, max_completion_tokens=40)
+    assert isinstance(again.choices[0].message.content, str)
 
 
 def test_bad_tools_are_400s_naming_the_parameter(client: OpenAI) -> None:
