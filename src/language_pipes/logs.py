@@ -17,7 +17,16 @@ from language_pipes.paths import logs_dir
 
 STDOUT_FORMAT = "%(asctime)s: %(message)s"
 FILE_FORMAT = "%(asctime)s: %(levelname)s %(name)s: %(message)s"
-NOISY_LOGGERS = ("uvicorn.access", "httpx", "httpcore", "transformers", "huggingface_hub", "urllib3")
+NOISY_LOGGERS = (
+    "uvicorn.access",
+    "httpx",
+    "httpcore",
+    "transformers",
+    "huggingface_hub",
+    "urllib3",
+    "httpx2",
+    "httpcore2",
+)
 
 _LEVELS: dict[LogLevel, int] = {
     "debug": logging.DEBUG,

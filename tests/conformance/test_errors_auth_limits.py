@@ -49,7 +49,7 @@ def test_unknown_model_is_not_found(client: OpenAI) -> None:
         ),
         ({"extra_body": {"best_of": 3}}, "best_of"),
         ({"max_completion_tokens": 0}, "max_completion_tokens"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"tools": [{"type": "web_search"}]}, "tools[0]"),
     ],
 )
 def test_bad_requests_name_their_parameter(client: OpenAI, arguments: dict[str, Any], param: str) -> None:

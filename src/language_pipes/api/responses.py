@@ -198,7 +198,9 @@ def _build_constraint(
     """Compile the token constraint (runs in a worker thread: compiling can take a moment)."""
     tokenizer = generator.tokenizer
     if mode == "enforced_call":
-        for index, tool in enumerate(callable_tools):
+        positions = {getattr(tool, "name", None): index for index, tool in enumerate(body.tools or [])}
+        for tool in callable_tools:
+            index = positions.get(tool.name, 0)
             if tool.parameters:
                 try:
                     check_json_schema(

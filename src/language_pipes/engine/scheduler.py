@@ -70,6 +70,10 @@ class Scheduler:
     def active_count(self) -> int:
         return len(self._active)
 
+    def active_sequences(self) -> tuple[Sequence, ...]:
+        """A snapshot of the live sequences (for progress displays; do not mutate them)."""
+        return tuple(self._active)
+
     def _run(self) -> None:
         while not self._stopping.is_set():
             self._admit(block=not self._active)

@@ -170,7 +170,7 @@ class NodeControl:
             if hosted.scheduler is None:
                 continue
             # The scheduler has no public snapshot of its sequences yet; copy the list it swaps whole.
-            for sequence in list(getattr(hosted.scheduler, "_active", [])):
+            for sequence in hosted.scheduler.active_sequences():
                 if sequence.finished:
                     continue
                 prompt = len(sequence.request.prompt_token_ids)
