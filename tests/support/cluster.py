@@ -73,7 +73,10 @@ def wait_for_output(
         if found is not None:
             return found
         if not node.is_running():
-            raise AssertionError(f"node {node.node_id} exited before logging {pattern!r}:\n{node.output()}")
+            raise AssertionError(
+                f"node {node.node_id} exited with {node.process.returncode} before logging {pattern!r}:\n"
+                f"{node.output()}"
+            )
         time.sleep(0.2)
     raise AssertionError(
         f"node {node.node_id} did not log {pattern!r} within {timeout:.0f} s:\n{node.output()}"
