@@ -30,10 +30,16 @@ from openai import AsyncOpenAI
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluster import DEFAULT_MODEL, LocalCluster, end_only, free_port, layers_only, whole_model  # noqa: E402
-from language_pipes.models.partial import ModelSource  # noqa: E402
+from cluster import (  # noqa: E402
+    DEFAULT_MODEL,
+    LocalCluster,
+    end_only,
+    free_port,
+    half_model_memory,
+    layers_only,
+    whole_model,
+)
 from language_pipes.models.store import ModelStore  # noqa: E402
-from language_pipes.pipes.placement import KV_HEADROOM_TOKENS  # noqa: E402
 
 PROMPT = "Write a long, detailed story about a lighthouse keeper who finds a message in a bottle."
 RESULTS = Path(__file__).resolve().parent / "results" / "generation.json"
@@ -102,16 +108,6 @@ async def measure_api(port: int, tokens: int, concurrency: tuple[int, ...]) -> d
         outcomes = await asyncio.gather(*(one_stream(client, tokens) for _ in range(streams)))
         result[f"aggregate_tok_s@{streams}"] = sum(o[2] for o in outcomes) / (time.perf_counter() - start)
     return result
-
-
-def half_model_memory(folder: Path) -> float:
-    """A layer-model budget (GB) that fits about half of the shared layers."""
-    source = ModelSource.open(folder)
-    per_layer = (
-        source.layer_nbytes(torch.bfloat16) + source.kv_bytes_per_token(torch.bfloat16) * KV_HEADROOM_TOKENS
-    )
-    half = (source.num_layers - 1) // 2
-    return round((half + 0.5) * per_layer / 1e9, 4)
 
 
 def run(tokens: int, threads: int, concurrency: tuple[int, ...]) -> dict[str, object]:

@@ -13,6 +13,10 @@ from pathlib import Path
 
 import httpx
 import psutil
+import torch
+
+from language_pipes.models.partial import ModelSource
+from language_pipes.pipes.placement import KV_HEADROOM_TOKENS
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -111,3 +115,13 @@ def end_only(model: str = DEFAULT_MODEL) -> str:
 
 def layers_only(memory_gb: float, model: str = DEFAULT_MODEL) -> str:
     return f'[[layer_models]]\nmodel_id = "{model}"\nmemory = {memory_gb}'
+
+
+def half_model_memory(folder: Path) -> float:
+    """A layer-model budget (GB) that fits about half of the shared layers."""
+    source = ModelSource.open(folder)
+    per_layer = (
+        source.layer_nbytes(torch.bfloat16) + source.kv_bytes_per_token(torch.bfloat16) * KV_HEADROOM_TOKENS
+    )
+    half = (source.num_layers - 1) // 2
+    return round((half + 0.5) * per_layer / 1e9, 4)
