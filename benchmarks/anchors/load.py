@@ -111,8 +111,11 @@ class LoadClient:
                 (first or end) - begin, end - begin, 0, None, f"{type(error).__name__}: {error}"
             )
         end = time.perf_counter()
+        if first is None:
+            # HTTP 200 with no content at all (Language Pipes 2.5.0 sends errors that way): a failed request
+            return StreamOutcome(end - begin, end - begin, 0, None, "stream ended without any content")
         tokens = usage_tokens if usage_tokens else self.count_tokens("".join(pieces))
-        return StreamOutcome((first or end) - begin, end - begin, tokens, prompt_tokens)
+        return StreamOutcome(first - begin, end - begin, tokens, prompt_tokens)
 
     async def close(self) -> None:
         await self.client.close()

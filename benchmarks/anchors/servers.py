@@ -147,7 +147,8 @@ def wait_until_answering(server: RunningServer, timeout_s: float) -> None:
         server.check_alive()
         try:
             reply = httpx.post(f"{server.base_url}/chat/completions", json=body, timeout=60)
-            if reply.status_code == 200:
+            # a 200 must carry choices: some servers (Language Pipes 2.5.0) answer errors with HTTP 200
+            if reply.status_code == 200 and '"choices"' in reply.text:
                 return
             last_problem = f"HTTP {reply.status_code}: {reply.text[:200]}"
         except httpx.HTTPError as error:
