@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -250,8 +251,11 @@ class Node:
         hosted = self.models.get(model_id)
         if hosted is None or hosted.end_model is None:
             return None
+        own_load = self._own_load_by_node()
         offers = [
-            Offer(record.node_id, segment.start_layer, segment.end_layer, record.load)
+            Offer(
+                record.node_id, segment.start_layer, segment.end_layer, record.load + own_load[record.node_id]
+            )
             for record in self.network.records().values()
             if record.node_id != self.node_id
             for segment in record.segments
@@ -266,6 +270,14 @@ class Node:
             route = Route([self._runner(hosted, hop) for hop in hops], name=_describe(hops))
             self._routes[(model_id, hops)] = route
         return route
+
+    def _own_load_by_node(self) -> Counter[str]:
+        """Sequences this origin has open on each node right now (gossiped load lags by a second)."""
+        load: Counter[str] = Counter()
+        for (_, hops), route in list(self._routes.items()):
+            for hop in hops:
+                load[hop.node_id] += route.open_sequences
+        return load
 
     def _retire_stale_routes(self) -> None:
         """Routes through segments the network no longer offers stop taking steps; their sequences move."""

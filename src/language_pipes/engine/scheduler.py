@@ -1,10 +1,16 @@
 """Continuous batching on the origin: every live sequence advances in one packed forward per step.
 
-The scheduler thread owns the step loop. New requests join between steps;
+The scheduler's lanes own the step loop. New requests join between steps;
 each step packs one token per decoding sequence plus prefill chunks up to a
 token budget, runs them through the end model's local layers and the
 sequence's route, and samples the next token of every sequence that has fed
 all its known tokens.
+
+Sequences whose route crosses the network are spread over two lanes (threads)
+so the pipe carries two micro-batches: while a layer node runs one lane's
+step, the origin runs the other lane's embedding, local layers, head and
+sampling. Routes that stay on this node use one lane, so a step is one
+forward over every sequence.
 """
 
 from __future__ import annotations
@@ -27,14 +33,59 @@ RouteProvider = Callable[[], Route | None]
 
 # How many times one sequence may move to a new route before its request fails.
 MAX_REPLAYS = 3
+# Micro-batches in flight through a route that crosses the network.
+REMOTE_LANES = 2
+# How long an idle lane waits for work before checking whether it should stop.
+IDLE_WAIT_S = 0.5
 
 
-class RouteUnavailableError(RuntimeError):
-    """No complete pipe can run this model's layers right now."""
+class Lane:
+    """One step loop over its own sequences, in its own thread."""
+
+    def __init__(self, scheduler: Scheduler, index: int) -> None:
+        self.scheduler = scheduler
+        self.index = index
+        self.active: list[Sequence] = []
+        self.joining: queue.Queue[Sequence | None] = queue.Queue()
+        self.thread = threading.Thread(
+            target=self._run, name=f"scheduler:{scheduler.end_model.model_id}:{index}", daemon=True
+        )
+
+    def _run(self) -> None:
+        scheduler = self.scheduler
+        while not scheduler.stopping.is_set():
+            self._take_joining(block=not self.active)
+            scheduler.drop_finished(self.active)
+            if not self.active:
+                continue
+            try:
+                scheduler.step(self.active)
+            except Exception as error:  # noqa: BLE001 - a step failure must reach every client, not kill the loop
+                log.exception("step failed")
+                for sequence in self.active:
+                    sequence.finish("error", f"generation failed: {error}", 500)
+                scheduler.drop_finished(self.active)
+
+    def _take_joining(self, block: bool) -> None:
+        """Lane 0 admits new requests for every lane; the others wait for what it hands them."""
+        if self.index == 0:
+            self.scheduler.admit(timeout=IDLE_WAIT_S if block else None)
+        try:
+            waiting = block and self.index > 0
+            sequence = self.joining.get(timeout=IDLE_WAIT_S) if waiting else self.joining.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if sequence is not None:
+                self.active.append(sequence)
+            try:
+                sequence = self.joining.get_nowait()
+            except queue.Empty:
+                return
 
 
 class Scheduler:
-    """Runs the step loop for one end model in a background thread."""
+    """Runs the step loops (lanes) of one end model in background threads."""
 
     def __init__(
         self,
@@ -43,97 +94,107 @@ class Scheduler:
         *,
         step_token_budget: int = 512,
         prefill_chunk: int = 256,
+        remote_lanes: int = REMOTE_LANES,
     ) -> None:
         self.end_model = end_model
         self.choose_route = choose_route
         self.step_token_budget = step_token_budget
         self.prefill_chunk = prefill_chunk
-        self._incoming: queue.Queue[Sequence] = queue.Queue()
-        self._active: list[Sequence] = []
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"scheduler:{end_model.model_id}", daemon=True)
+        self._incoming: queue.Queue[Sequence | None] = queue.Queue()
+        self._admitting = threading.Lock()
+        self.stopping = threading.Event()
+        self.lanes = [Lane(self, index) for index in range(max(1, remote_lanes))]
 
     def start(self) -> None:
-        self._thread.start()
+        for lane in self.lanes:
+            lane.thread.start()
 
     def stop(self) -> None:
-        self._stopping.set()
-        self._incoming.put_nowait(None)  # type: ignore[arg-type]  # wakes an idle loop
-        self._thread.join(timeout=10)
-        for sequence in self._active:
-            sequence.finish("error", "the node is shutting down", 503)
+        self.stopping.set()
+        self._incoming.put_nowait(None)  # wakes idle lanes
+        for lane in self.lanes:
+            lane.joining.put_nowait(None)
+        for lane in self.lanes:
+            lane.thread.join(timeout=10)
+            for sequence in lane.active:
+                sequence.finish("error", "the node is shutting down", 503)
 
     def submit(self, sequence: Sequence) -> None:
         self._incoming.put_nowait(sequence)
 
     @property
     def active_count(self) -> int:
-        return len(self._active)
+        return sum(len(lane.active) for lane in self.lanes)
 
     def active_sequences(self) -> tuple[Sequence, ...]:
         """A snapshot of the live sequences (for progress displays; do not mutate them)."""
-        return tuple(self._active)
+        return tuple(sequence for lane in self.lanes for sequence in lane.active)
 
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            self._admit(block=not self._active)
-            self._drop_finished()
-            if not self._active:
-                continue
-            try:
-                self.step()
-            except Exception as error:  # noqa: BLE001 - a step failure must reach every client, not kill the loop
-                log.exception("step failed")
-                for sequence in self._active:
-                    sequence.finish("error", f"generation failed: {error}", 500)
-                self._drop_finished()
-
-    def _admit(self, block: bool) -> None:
+    def admit(self, timeout: float | None) -> None:
+        """Give newly submitted sequences a route and a lane (waits up to ``timeout`` for one)."""
         try:
-            first = self._incoming.get(timeout=0.5) if block else self._incoming.get_nowait()
+            first = self._incoming.get(timeout=timeout) if timeout else self._incoming.get_nowait()
         except queue.Empty:
             return
-        pending = [first]
-        while True:
-            try:
-                pending.append(self._incoming.get_nowait())
-            except queue.Empty:
-                break
-        for sequence in pending:
-            if sequence is None:
-                continue
-            sequence.route = self.choose_route()
-            if sequence.route is None:
-                sequence.finish("error", "no complete pipe serves this model right now", 503)
-                continue
-            try:
-                sequence.route.open(sequence.sequence_id)
-            except Exception as error:  # noqa: BLE001 - a hop refused or is gone: this request fails, not the loop
-                log.warning("could not open sequence on %s: %s", sequence.route, error)
-                sequence.finish("error", f"the pipe refused the request: {error}", 503)
-                sequence.route.release(sequence.sequence_id)
-                continue
-            self._active.append(sequence)
+        with self._admitting:
+            pending = [first]
+            while True:
+                try:
+                    pending.append(self._incoming.get_nowait())
+                except queue.Empty:
+                    break
+            for sequence in pending:
+                if sequence is not None and self._open(sequence):
+                    self._lane_for(sequence).joining.put_nowait(sequence)
 
-    def _drop_finished(self) -> None:
+    def _open(self, sequence: Sequence) -> bool:
+        """Give a new sequence a route whose hops all accept it; a refusing or lost hop means another try."""
+        failures: list[str] = []
+        for _ in range(MAX_REPLAYS + 1):
+            route = self.choose_route()
+            if route is None:
+                break
+            try:
+                route.open(sequence.sequence_id)
+            except Exception as error:  # noqa: BLE001 - a hop refused or is gone: try a route without it
+                log.warning("could not open sequence on %s: %s", route, error)
+                failures.append(str(error) or type(error).__name__)
+                route.release(sequence.sequence_id)
+                continue
+            sequence.route = route
+            return True
+        if failures:
+            sequence.finish("error", f"the pipe refused the request: {failures[-1]}", 503)
+        else:
+            sequence.finish("error", "no complete pipe serves this model right now", 503)
+        return False
+
+    def _lane_for(self, sequence: Sequence) -> Lane:
+        assert sequence.route is not None
+        if not sequence.route.crosses_network:
+            return self.lanes[0]
+        return min(self.lanes, key=lambda lane: len(lane.active) + lane.joining.qsize())
+
+    def drop_finished(self, active: list[Sequence]) -> None:
+        """Remove finished and cancelled sequences from ``active`` (in place), freeing their caches."""
         still_active = []
-        for sequence in self._active:
+        for sequence in active:
             if sequence.cancelled.is_set() and not sequence.finished:
                 sequence.finished = True
             if sequence.finished:
                 self._release(sequence)
             else:
                 still_active.append(sequence)
-        self._active = still_active
+        active[:] = still_active
 
     def _release(self, sequence: Sequence) -> None:
         self.end_model.local_layers.release(sequence.sequence_id)
         if sequence.route is not None:
             sequence.route.release(sequence.sequence_id)
 
-    def step(self) -> None:
+    def step(self, active: list[Sequence]) -> None:
         """One packed forward per route, then sampling for every sequence that is due a token."""
-        by_route = groupby(sorted(self._active, key=lambda s: id(s.route)), key=lambda s: id(s.route))
+        by_route = groupby(sorted(active, key=lambda s: id(s.route)), key=lambda s: id(s.route))
         for _, group in by_route:
             members = list(group)
             route = members[0].route
@@ -145,7 +206,7 @@ class Scheduler:
             except Exception as error:  # noqa: BLE001 - a lost hop only affects the sequences on that route
                 log.warning("route %s failed: %s", members[0].route, error)
                 self._reroute(members, error)
-        self._drop_finished()
+        self.drop_finished(active)
 
     def _reroute(self, members: list[Sequence], error: Exception, counts_as_failure: bool = True) -> None:
         """Move the sequences of a failed route to a new one and replay their tokens there.

@@ -38,6 +38,8 @@ OPEN_TIMEOUT_S = 5.0
 class RemoteSegment:
     """Layers ``[start, end)`` of ``model_id`` run by ``node_id``."""
 
+    is_remote = True
+
     def __init__(
         self,
         network: PeerNetwork,

@@ -38,6 +38,12 @@ class Route:
         self.name = name
         # Set when a hop stops offering its layers (e.g. its node is leaving): sequences move elsewhere.
         self.retired = False
+        # Sequences opened on this route and not yet released (this origin's share of the hops' load).
+        self.open_sequences = 0
+
+    @property
+    def crosses_network(self) -> bool:
+        return any(getattr(segment, "is_remote", False) for segment in self.segments)
 
     def forward(self, hidden: torch.Tensor, batch: SegmentBatch) -> torch.Tensor:
         for segment in self.segments:
@@ -46,10 +52,12 @@ class Route:
 
     def open(self, sequence_id: SequenceId) -> None:
         """Reserve the sequence on every hop; raises the first hop's refusal."""
+        self.open_sequences += 1
         for segment in self.segments:
             segment.open(sequence_id)
 
     def release(self, sequence_id: SequenceId) -> None:
+        self.open_sequences = max(0, self.open_sequences - 1)
         for segment in self.segments:
             try:
                 segment.release(sequence_id)
