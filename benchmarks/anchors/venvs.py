@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import filelock
+
 VENVS_DIR = Path(__file__).resolve().parent.parent / ".venvs"
 
 VenvName = Literal["lp250", "llama_cpp"]
@@ -74,9 +76,15 @@ def state_of(name: VenvName) -> VenvState:
 
 def ensure(name: VenvName, *, retry_failed: bool = False) -> VenvState:
     """Build the venv unless a previous build is recorded (ready, or failed and not retried)."""
-    previous = state_of(name)
-    if previous.ready or (previous.reason.startswith("failed") and not retry_failed):
-        return previous
+    VENVS_DIR.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(VENVS_DIR / f"{name}.lock"):  # a second suite run waits for a build in progress
+        previous = state_of(name)
+        if previous.ready or (previous.reason.startswith("failed") and not retry_failed):
+            return previous
+        return _build(name)
+
+
+def _build(name: VenvName) -> VenvState:
     recipe = RECIPES[name]
     folder = VENVS_DIR / name
     folder.parent.mkdir(parents=True, exist_ok=True)
