@@ -184,6 +184,7 @@ class NodeConfig(_StrictModel):
     end_models: tuple[EndModelEntry, ...] = ()
     torch_threads: int = Field(default_factory=available_cores, ge=1)
     log_level: LogLevel = "info"
+    batch_invariant: bool = False
 
     @field_validator(
         "api_keys", "whitelist_node_ids", "bootstrap_nodes", "layer_models", "end_models", mode="before"
@@ -387,6 +388,7 @@ def config_report(config: NodeConfig, source: str | None = None) -> str:
         f"Language Pipes configuration{f' ({source})' if source else ''}",
         ("node_id", config.node_id),
         ("log_level", config.log_level),
+        ("batch_invariant", str(config.batch_invariant).lower()),
         ("torch_threads", str(config.torch_threads)),
         "API",
         ("job_port", str(config.job_port) if config.job_port else "not set (no API server)"),

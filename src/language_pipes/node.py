@@ -144,7 +144,11 @@ class Node:
     def _start_schedulers(self) -> None:
         for hosted in self.models.values():
             if hosted.end_model is not None:
-                hosted.scheduler = Scheduler(hosted.end_model, lambda m=hosted.model_id: self.route_for(m))
+                hosted.scheduler = Scheduler(
+                    hosted.end_model,
+                    lambda m=hosted.model_id: self.route_for(m),
+                    aligned_prefill=self.config.batch_invariant,
+                )
                 hosted.scheduler.start()
                 hosted.generator = ModelGenerator(hosted.end_model, hosted.scheduler)
 
@@ -176,6 +180,7 @@ class Node:
             dtype=torch.bfloat16 if entry.device == "cpu" else torch.float16,
             device=entry.device,
             source=hosted.source,
+            batch_invariant=self.config.batch_invariant,
         )
 
     async def _load_layer_model(self, entry: LayerModelConfig) -> None:
@@ -201,7 +206,13 @@ class Node:
         log.info("loading layers %d-%d of %s on %s", span.start, span.end - 1, entry.model_id, entry.device)
         self._publish_record(claiming=HostedSegment(entry.model_id, span.start, span.end, loaded=False))
         segment = await asyncio.to_thread(
-            LayerSegment, hosted.source, span.start, span.end, dtype, torch.device(entry.device)
+            LayerSegment,
+            hosted.source,
+            span.start,
+            span.end,
+            dtype,
+            torch.device(entry.device),
+            self.config.batch_invariant,
         )
         segment.kv_budget_bytes = KV_HEADROOM_TOKENS * hosted.source.kv_bytes_per_token(dtype) * len(span)
         hosted.segments.append(segment)

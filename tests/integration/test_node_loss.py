@@ -191,11 +191,6 @@ def test_a_restarted_node_rejoins_and_is_routed_new_sequences(
         assert result.text == reference[(index, SHORT_TOKENS)]
 
 
-@pytest.mark.xfail(
-    reason="requests admitted together all take the same replica: the origin chooses by the load nodes "
-    "gossip (reported once a second) and does not count the sequences it just placed itself",
-    strict=False,
-)
 def test_two_replicas_share_concurrent_requests(cluster: ChaosCluster) -> None:
     replicas = cluster.serving()
     assert len(replicas) == 2
@@ -232,10 +227,6 @@ def test_graceful_leave_under_load_fails_no_request(cluster: ChaosCluster) -> No
     for worker in workers:
         worker.join(HANG_SECONDS + 10)
     failures = [r.error for r in results if r.outcome != "completed"]
-    if failures:
-        pytest.xfail(
-            f"graceful leave is not in yet (node.py/scheduler.py): {len(failures)} of {len(results)} "
-            f"requests failed, first: {failures[0]}"
-        )
+    assert failures == [], f"{len(failures)} of {len(results)} requests failed, first: {failures[0]}"
     assert exit_code == 0, leaving.log_text()[-3000:]
     assert len(results) >= 3

@@ -132,6 +132,9 @@ class ChaosCluster:
     def start_end(self, **settings: Any) -> NodeProcess:
         """The end node: end model of the default model and the API, no layers beyond layer 0."""
         settings.setdefault("max_api_jobs", 32)
+        # Outputs must not depend on which sequences share a step, so replays and loaded runs match
+        # the undisturbed reference bit for bit (models/invariance.py).
+        settings.setdefault("batch_invariant", True)
         self.end = self.launcher.start(
             "end", end_models=[DEFAULT_MODEL], network_key=self.network_key, **settings
         )
@@ -146,6 +149,7 @@ class ChaosCluster:
             with_api=False,
             network_key=self.network_key,
             max_node_jobs=64,
+            batch_invariant=True,
             layer_models=[{"model_id": DEFAULT_MODEL, "memory": memory_gigabytes}],
             bootstrap_nodes=[{"address": "127.0.0.1", "port": self.end.peer_port}],
         )

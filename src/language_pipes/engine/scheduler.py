@@ -95,11 +95,14 @@ class Scheduler:
         step_token_budget: int = 512,
         prefill_chunk: int = 256,
         remote_lanes: int = REMOTE_LANES,
+        aligned_prefill: bool = False,
     ) -> None:
         self.end_model = end_model
         self.choose_route = choose_route
         self.step_token_budget = step_token_budget
         self.prefill_chunk = prefill_chunk
+        # Batch-invariant mode: prefill chunks start at multiples of prefill_chunk, whatever else runs.
+        self.aligned_prefill = aligned_prefill
         self._incoming: queue.Queue[Sequence | None] = queue.Queue()
         self._admitting = threading.Lock()
         self.stopping = threading.Event()
@@ -246,7 +249,12 @@ class Scheduler:
         for sequence in prefilling:
             if budget <= 0 and plan:
                 break
-            chunk = sequence.next_chunk(max(1, min(self.prefill_chunk, budget)))
+            if self.aligned_prefill:
+                chunk = sequence.next_chunk(self.prefill_chunk, aligned_to=self.prefill_chunk)
+                if len(chunk) > budget and plan:
+                    continue  # the whole aligned chunk waits for a step with room
+            else:
+                chunk = sequence.next_chunk(max(1, min(self.prefill_chunk, budget)))
             plan.append((sequence, chunk))
             budget -= len(chunk)
         return plan

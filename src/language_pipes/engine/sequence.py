@@ -54,10 +54,19 @@ class Sequence:
     def unfed(self) -> int:
         return len(self.request.prompt_token_ids) + len(self.generated) - self.fed
 
-    def next_chunk(self, budget: int) -> list[int]:
-        """The tokens to feed next: up to ``budget``, or exactly the recorded chunk when replaying."""
+    def next_chunk(self, budget: int, aligned_to: int | None = None) -> list[int]:
+        """The tokens to feed next: up to ``budget``, or exactly the recorded chunk when replaying.
+
+        With ``aligned_to``, chunks end at multiples of it (or at the last known
+        token) whatever the budget, so the chunking never depends on other sequences.
+        """
         tokens = self.tokens
-        size = self.replay_chunks[0] if self.replay_chunks else min(budget, len(tokens) - self.fed)
+        if self.replay_chunks:
+            size = self.replay_chunks[0]
+        elif aligned_to:
+            size = min(aligned_to - self.fed % aligned_to, len(tokens) - self.fed)
+        else:
+            size = min(budget, len(tokens) - self.fed)
         return tokens[self.fed : self.fed + size]
 
     def advance(self, fed_tokens: int) -> None:

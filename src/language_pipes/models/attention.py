@@ -27,6 +27,8 @@ class PackedLayout:
 
     caches: tuple[SequenceCache, ...]
     lengths: tuple[int, ...]
+    # Batch-invariant mode (models/invariance.py): each sequence attends on its own, as when alone.
+    batch_invariant: bool = False
 
 
 def _mask(query_length: int, past: int, window: int | None, device: torch.device) -> torch.Tensor | None:
@@ -63,7 +65,7 @@ def packed_attention(
     starts = [sum(layout.lengths[:i]) for i in range(len(layout.lengths))]
     outputs: list[torch.Tensor | None] = [None] * len(layout.lengths)
     decoding = [i for i, length in enumerate(layout.lengths) if length == 1]
-    if len(decoding) > 1 and softcap is None:
+    if len(decoding) > 1 and softcap is None and not layout.batch_invariant:
         # Several one-token steps: one batched SDPA over their padded caches instead of one call each.
         batched = _batched_decode(module, query, key, value, layout, decoding, starts, window, scaling)
         for row, index in enumerate(decoding):

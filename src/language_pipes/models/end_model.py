@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
+from language_pipes.models.invariance import make_batch_invariant
 from language_pipes.models.partial import ModelSource
 from language_pipes.models.segment import LayerSegment
 
@@ -27,6 +28,7 @@ class EndModel:
         dtype: torch.dtype = torch.bfloat16,
         device: torch.device | str = "cpu",
         source: ModelSource | None = None,
+        batch_invariant: bool = False,
     ) -> None:
         self.model_id = model_id
         self.device = torch.device(device)
@@ -40,7 +42,10 @@ class EndModel:
         self.norm = source.load_module("model.norm", dtype, self.device)
         self.head = source.load_head(dtype, self.device)
         local = min(num_local_layers, self.num_layers)
-        self.local_layers = LayerSegment(source, 0, local, dtype, self.device)
+        self.local_layers = LayerSegment(source, 0, local, dtype, self.device, batch_invariant)
+        self.batch_invariant = batch_invariant
+        if batch_invariant:
+            make_batch_invariant(self.head)
         self.eos_token_ids = _eos_token_ids(folder, self.tokenizer)
         self.context_length = int(getattr(self.config, "max_position_embeddings", 0) or 4096)
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from language_pipes.engine.types import SequenceId
 from language_pipes.models.attention import PackedLayout
+from language_pipes.models.invariance import make_batch_invariant
 from language_pipes.models.kv_cache import SequenceCache
 from language_pipes.models.partial import ModelSource
 
@@ -51,7 +52,15 @@ class UnknownSequenceError(KeyError):
 class LayerSegment:
     """Decoder layers ``[start, end)`` of one model, materialised on one device."""
 
-    def __init__(self, source: ModelSource, start: int, end: int, dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self,
+        source: ModelSource,
+        start: int,
+        end: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        batch_invariant: bool = False,
+    ):
         self.model_id_config = source.config
         self.family = source.family
         self.start, self.end = start, end
@@ -59,6 +68,9 @@ class LayerSegment:
         self.layers = nn.ModuleList(
             [source.load_module(f"model.layers.{i}", dtype, device) for i in range(start, end)]
         )
+        self.batch_invariant = batch_invariant
+        if batch_invariant:
+            make_batch_invariant(self.layers)
         self.rotary = source.rotary(device)
         self._caches: dict[SequenceId, SequenceCache] = {}
         self._last_used: dict[SequenceId, float] = {}
@@ -89,7 +101,7 @@ class LayerSegment:
         )
         hidden = hidden.to(device=self.device, dtype=self.dtype)
         position_ids = batch.position_ids(self.device)
-        layout = PackedLayout(caches=caches, lengths=batch.lengths)
+        layout = PackedLayout(caches=caches, lengths=batch.lengths, batch_invariant=self.batch_invariant)
         layers = self.layers[start - self.start : end - self.start]
         with torch.inference_mode():
             embeddings = self.family.position_embeddings(
