@@ -96,7 +96,9 @@ def test_raw_stream_events_validate_and_concatenate(client: OpenAI) -> None:
 
 
 def test_sdk_stream_helper(client: OpenAI) -> None:
-    with client.responses.stream(model=MODEL, input="Say hello.", max_output_tokens=40) as stream:
+    with client.responses.stream(
+        model=MODEL, input="Say hello.", max_output_tokens=400, temperature=0
+    ) as stream:
         text = "".join(event.delta for event in stream if event.type == "response.output_text.delta")
         final = stream.get_final_response()
     assert isinstance(final, Response) and final.output_text == text

@@ -158,7 +158,7 @@ class PeerNetwork:
         network_key: bytes | None = None,
         whitelist: Iterable[str] = (),
         bootstrap: Iterable[tuple[str, int]] = (),
-        failure_timeout_s: float = 5.0,
+        failure_timeout_s: float = 4.0,
         heartbeat_interval_s: float | None = None,
         handshake_timeout_s: float = 2.0,
     ) -> None:
