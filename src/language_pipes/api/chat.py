@@ -65,12 +65,21 @@ class StartedGeneration:
 
     first_event: GenerationEvent
     events: AsyncIterator[GenerationEvent]
+    slot: JobSlot | None = None
 
     async def close(self) -> None:
-        """Cancel the sequence if it is still running (idempotent)."""
-        aclose = getattr(self.events, "aclose", None)
+        """Cancel the sequence if it is still running and free its job slot (idempotent)."""
+        await _abandon(self.events, self.slot)
+
+
+async def _abandon(events: AsyncIterator[GenerationEvent], slot: JobSlot | None) -> None:
+    try:
+        aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()
+    finally:
+        if slot is not None:
+            slot.release()
 
 
 class GenerationEndedEarly(RuntimeError):
@@ -110,22 +119,23 @@ async def run_generation(
 
 
 async def start_streamed_generation(
-    request: Request, generator: TextGenerator, generation: GenerationRequest
+    request: Request, generator: TextGenerator, generation: GenerationRequest, slot: JobSlot | None = None
 ) -> StartedGeneration:
-    """Start a stream and wait for its first event; an immediate failure raises its APIError."""
+    """Start a stream and wait for its first event; an immediate failure raises its APIError.
+
+    The returned stream holds ``slot`` until it is closed; if it never starts, the slot is freed here.
+    """
     events = generator.generate(generation)
     try:
         first = await cancel_on_disconnect(request, _next_event(events))
+        if first is None:
+            raise GenerationEndedEarly("the engine ended a sequence without any event")
+        if isinstance(first, Finished) and first.reason == "error":
+            raise generation_failed(first.error, first.error_status)
     except BaseException:
-        await events.aclose()
+        await _abandon(events, slot)
         raise
-    if first is None:
-        await events.aclose()
-        raise GenerationEndedEarly("the engine ended a sequence without any event")
-    if isinstance(first, Finished) and first.reason == "error":
-        await events.aclose()
-        raise generation_failed(first.error, first.error_status)
-    return StartedGeneration(first, events)
+    return StartedGeneration(first, events, slot)
 
 
 def error_event(message: str, status: int = 500) -> str:
@@ -314,21 +324,10 @@ async def _stream_chat(
     body: ChatCompletionRequest,
     slot: JobSlot,
 ) -> Response:
-    try:
-        started = await start_streamed_generation(request, generator, chat.request)
-    except BaseException:
-        slot.release()
-        raise
-
-    async def close() -> None:
-        try:
-            await started.close()
-        finally:
-            slot.release()
-
+    started = await start_streamed_generation(request, generator, chat.request, slot)
     writer = ChunkWriter(CompletionIdentity.new(body.model), body.include_usage())
     interpreter = chat_tools.ChatDeltaInterpreter(chat.plan, starts_in_reasoning=chat.starts_in_reasoning)
-    return EventStreamResponse(chat_stream_frames(started, writer, interpreter), on_close=close)
+    return EventStreamResponse(chat_stream_frames(started, writer, interpreter), on_close=started.close)
 
 
 @router.post("/v1/chat/completions", response_model=None)

@@ -479,20 +479,9 @@ async def _stream_frames(
 async def _stream_response(
     request: Request, generator: TextGenerator, plan: ResponsePlan, slot: JobSlot
 ) -> Response:
-    try:
-        started = await start_streamed_generation(request, generator, plan.generation)
-    except BaseException:
-        slot.release()
-        raise
-
-    async def close() -> None:
-        try:
-            await started.close()
-        finally:
-            slot.release()
-
+    started = await start_streamed_generation(request, generator, plan.generation, slot)
     builder = ResponseBuilder(response_settings(plan))
-    return EventStreamResponse(_stream_frames(request, plan, started, builder), on_close=close)
+    return EventStreamResponse(_stream_frames(request, plan, started, builder), on_close=started.close)
 
 
 @router.post("/v1/responses", response_model=None)
