@@ -219,6 +219,35 @@ class Node:
         self.worker.host(entry.model_id, segment)
         self._publish_record()
 
+    async def load_layer_model(self, entry: LayerModelConfig) -> None:
+        """Load one layer model while running: place it, load it, host it and advertise it."""
+        await self._load_layer_model(entry)
+
+    async def unload_layer_model(self, model_id: str) -> None:
+        """Stop hosting ``model_id``'s segments while running; origins move the sequences held on them."""
+        hosted = self.models.get(ModelId(model_id))
+        if hosted is None or not hosted.segments:
+            return
+        leaving, hosted.segments = hosted.segments, []
+        self._publish_record()  # peers stop planning through these layers and retire their routes
+        for key, route in list(self._routes.items()):  # this node's own routes through them move too
+            if key[0] == model_id and any(hop.node_id == self.node_id for hop in key[1]):
+                route.retired = True
+                del self._routes[key]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT_S
+        while any(segment.sequence_count for segment in leaving) and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        remaining = [s for s in self.worker.segments.get(model_id, []) if s not in leaving]
+        if remaining:
+            self.worker.segments[model_id] = remaining
+        else:
+            self.worker.segments.pop(model_id, None)
+        if hosted.end_model is None:
+            del self.models[hosted.model_id]
+        self._publish_record()
+        log.info("unloaded layers of %s", model_id)
+
     def _covered(self, model_id: str) -> list[LayerSpan]:
         return [
             LayerSpan(segment.start_layer, segment.end_layer)
