@@ -252,6 +252,28 @@ def test_download_installs_exact_files_and_second_ensure_is_offline(hub: FakeHub
     assert len(hub.requests) == requests_before, "an installed model must not touch the network"
 
 
+def test_download_reports_its_progress_in_bytes(hub: FakeHub, tmp_path: Path) -> None:
+    expected = sum(len(data) for data in _expected_files(hub.repos[TINY_REPO].files).values())
+    reports: list[tuple[int, int | None]] = []
+    lock = threading.Lock()
+
+    def record(done: int, total: int | None) -> None:
+        with lock:  # download threads call it concurrently
+            reports.append((done, total))
+
+    ModelStore(tmp_path / "models").ensure(TINY_REPO, progress=record)
+
+    assert len(reports) >= 3, reports
+    done = [report[0] for report in reports]
+    assert done == sorted(done), "bytes done only grow"
+    assert all(total is not None and 0 < d <= total <= expected for d, total in reports)
+    assert reports[-1] == (expected, expected), "the last report is the whole download"
+
+    reports.clear()
+    ModelStore(tmp_path / "models").ensure(TINY_REPO, progress=record)
+    assert reports == [], "an installed model downloads nothing, so nothing is reported"
+
+
 def test_downloaded_model_loads_with_transformers(hub: FakeHub, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

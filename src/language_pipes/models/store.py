@@ -17,13 +17,14 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import filelock
 import httpx2
+import tqdm
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -68,6 +69,11 @@ _FOLDER_SEPARATOR = "--"
 _DOWNLOAD_PREFIX = ".download-"
 _CONVERT_PREFIX = ".convert-"
 _LOCK_FOLDER = ".locks"
+# huggingface_hub's bar of raw network bytes; the bytes written to the files are reported instead.
+_NETWORK_BYTES_BAR = "Downloading bytes"
+
+# Called from download threads, under a lock (keep it quick), with (bytes written, bytes expected or None).
+DownloadProgress = Callable[[int, int | None], None]
 
 
 class ModelStoreError(Exception):
@@ -157,8 +163,12 @@ class ModelStore:
 
     # ---- changes ----
 
-    def ensure(self, model_id: str) -> Path:
-        """Return the folder of ``model_id``, downloading or converting it first if needed."""
+    def ensure(self, model_id: str, progress: DownloadProgress | None = None) -> Path:
+        """Return the folder of ``model_id``, downloading or converting it first if needed.
+
+        ``progress`` hears how far a download has got (bytes done, bytes expected);
+        it is called from download threads under a lock, and not at all for the embedded model.
+        """
         path = self.local_path(model_id)
         if is_complete_model_folder(path):
             return path
@@ -168,7 +178,7 @@ class ModelStore:
             if model_id == DEFAULT_MODEL_ID:
                 self._convert_embedded(model_id)
             else:
-                self._download(model_id)
+                self._download(model_id, progress)
         return path
 
     def delete(self, model_id: str) -> bool:
@@ -219,7 +229,7 @@ class ModelStore:
             raise
         self._move_into_place(model_id, staging)
 
-    def _download(self, model_id: str) -> None:
+    def _download(self, model_id: str, progress: DownloadProgress | None = None) -> None:
         endpoint = hub_endpoint()
         staging = self._staging_path(_DOWNLOAD_PREFIX, model_id)
         logger.info("Downloading %s from %s", model_id, endpoint)
@@ -235,6 +245,7 @@ class ModelStore:
                 cache_dir=staging / ".cache" / "hub",
                 allow_patterns=files,
                 endpoint=endpoint,
+                tqdm_class=reporting_progress_bar(progress) if progress is not None else None,
             )
         missing = [name for name in files if not (staging / name).is_file()]
         if missing:
@@ -252,6 +263,28 @@ class ModelStore:
             shutil.rmtree(target)
         os.replace(staging, target)
         logger.info("Installed %s at %s", model_id, target)
+
+
+def reporting_progress_bar(progress: DownloadProgress) -> type[tqdm.tqdm]:
+    """A silent tqdm class for ``snapshot_download`` that forwards the downloaded bytes to ``progress``."""
+
+    class ReportingBar(tqdm.tqdm):  # type: ignore[type-arg]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True  # print nothing: the caller shows progress its own way
+            super().__init__(*args, **kwargs)
+            description = str(kwargs.get("desc") or "")
+            self.reports = kwargs.get("unit") == "B" and not description.startswith(_NETWORK_BYTES_BAR)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            # A disabled tqdm counts nothing itself; count and report under the class's shared
+            # lock, so reports from concurrent file downloads arrive in order.
+            with self.get_lock():
+                self.n += n or 0
+                if self.reports:
+                    progress(int(self.n), int(self.total) if self.total else None)
+            return None
+
+    return ReportingBar
 
 
 def is_complete_model_folder(folder: Path) -> bool:
