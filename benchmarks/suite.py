@@ -215,6 +215,7 @@ def run_suite(args: argparse.Namespace) -> dict[str, object]:
                 )
                 outcome = anchors[anchor.key]
                 print(f"  {outcome['status']} {outcome.get('reason') or ''}", flush=True)  # type: ignore[index]
+    results["load_average_at_end"] = round(os.getloadavg()[0], 1)
     return results
 
 
