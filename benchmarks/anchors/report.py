@@ -58,7 +58,8 @@ def table(results: Results) -> str:
     lines = [
         f"{results['date']} · {results['machine']} · {results['model']} · {results['dtype']} · "
         f"{results['threads_per_process']} threads per process · {results['mode']} run, "
-        f"{plan['completion_tokens']} completion tokens, load average at end {results.get('load_average_at_end')}",
+        f"{plan['completion_tokens']} completion tokens, "
+        f"load average at end {results.get('load_average_at_end')}",
         "",
         "| metric | " + " | ".join(str(a["label"]) for a in columns) + " |",
         "|---" * (len(columns) + 1) + "|",
