@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from test_store import TINY_REPO, UNWANTED_FILES, FakeHub, FakeRepo, _build_tiny_model_files
 from textual.pilot import Pilot
-from textual.widgets import Button, DataTable, Input, OptionList, Static
+from textual.widgets import Button, DataTable, Input, OptionList, ProgressBar, Static
 
 from language_pipes.tui.app import LanguagePipesApp
 from language_pipes.tui.config_document import create_config, saved_config_names
 from language_pipes.tui.dashboard import Dashboard
 from language_pipes.tui.menu import LoadConfigScreen, MainMenu
+from support.node_process import free_port
 
 pytestmark = pytest.mark.asyncio
 SIZE = (130, 48)
@@ -188,3 +192,79 @@ async def test_start_at_once_tries_to_start_the_opened_configuration(app_dir: Pa
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause(0.3)
         assert notice(app) == "Cannot start: empty.toml: node_id: required key is missing"
+
+
+async def wait_for(pilot: Pilot[int], condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await pilot.pause(0.1)
+
+
+async def test_install_shows_how_far_the_download_has_got(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = _build_tiny_model_files(tmp_path / "tiny")
+    expected = sum(len(data) for name, data in files.items() if name not in UNWANTED_FILES)
+    path = tmp_path / "node.toml"
+    path.write_text('node_id = "n"\n')
+    with FakeHub({TINY_REPO: FakeRepo(files)}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+        app = LanguagePipesApp(path)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            await click(pilot, "#--content-tab-tab-models")
+            await submit(pilot, "#install-id", TINY_REPO)
+            status = app.screen.query_one("#install-status", Static)
+            bar = app.screen.query_one("#install-progress", ProgressBar)
+            await wait_for(pilot, lambda: str(status.render()).startswith("Installed"), "the install")
+            await wait_for(pilot, lambda: bar.progress == expected, f"the bar at {expected} bytes")
+            assert bar.total == expected
+            installed = app.screen.query_one("#installed-list", OptionList)
+            assert str(installed.get_option_at_index(0).prompt) == TINY_REPO
+
+
+async def test_changing_max_api_jobs_offers_a_job_server_restart_that_applies_it(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(f'node_id = "n"\npeer_port = {free_port()}\njob_port = {free_port()}\nmax_api_jobs = 2\n')
+    app = LanguagePipesApp(path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await click(pilot, "#start-network")  # a node with no models: quick, and real
+        await wait_for(pilot, lambda: app.control.network_state == "running", "the network server")
+        await click(pilot, "#--content-tab-tab-jobs")
+        await click(pilot, "#jobs-start")
+        await wait_for(pilot, lambda: app.control.job_state == "running", "the job server")
+        first = app.control.api_server
+        assert first is not None and first.app.state.job_limiter.max_jobs == 2
+        restart = app.screen.query_one("#restart-jobs", Button)
+        assert not restart.display
+
+        await submit(pilot, "#max-api-jobs", "7")
+        assert notice(app) == "Saved node.toml. Restart the job server to apply it."
+        assert restart.display and not app.screen.query_one("#restart-network", Button).display
+        await click(pilot, "#restart-jobs")
+        await wait_for(pilot, lambda: app.control.api_server not in (None, first), "the restart")
+        assert app.control.api_server is not None
+        assert app.control.api_server.app.state.job_limiter.max_jobs == 7
+        assert tomllib.loads(path.read_text())["max_api_jobs"] == 7
+        await app.control.stop_network()
+
+
+async def test_load_and_unload_now_need_the_network_server(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('node_id = "n"\n\n[[layer_models]]\nmodel_id = "org/model"\nmemory = 1\n')
+    app = LanguagePipesApp(path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await click(pilot, "#--content-tab-tab-models")
+        await click(pilot, "#--content-tab-models-layers")
+        table = app.screen.query_one("#layer-table", DataTable)
+        assert table.get_row_at(0)[4] == "-"
+        for button in ("#layer-load", "#layer-unload"):
+            await click(pilot, button)
+            await pilot.pause(0.2)
+            assert notice(app) == "start the network server first (it loads the configured layer models)"
+            assert app.screen.query_one("#notice").has_class("error")

@@ -38,9 +38,10 @@ ModalScreen { align: center middle; }
 .short-list { height: auto; max-height: 6; }
 .error { color: $error; }
 #config-list { height: auto; max-height: 12; }
-#notice-bar { height: auto; dock: bottom; }
+#tabs { height: 1fr; }
+#notice-bar { height: auto; min-height: 1; }
 #notice { width: 1fr; padding: 0 1; }
-#log { height: 8; dock: bottom; border-top: solid $primary; }
+#log { height: 8; border-top: solid $primary; }
 #peers, #layer-table, #end-table, #active-table { height: auto; max-height: 12; }
 """
 

@@ -100,7 +100,9 @@ class Dashboard(Screen[None]):
         network = network and self.control.network_state == "running"
         jobs = jobs and self.control.job_state == "running" and not network
         message = f"Saved {self.document.path.name}."
-        if network:
+        if network and set(changes) == {"layer_models"}:
+            message += " Restart the network server to apply it, or use Load now / Unload now."
+        elif network:
             message += " Restart the network server to apply it."
         elif jobs:
             message += " Restart the job server to apply it."

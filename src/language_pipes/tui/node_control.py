@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from language_pipes.config import NodeConfig
+from language_pipes.config import LayerModelConfig, NodeConfig
 from language_pipes.logs import FILE_FORMAT, NOISY_LOGGERS, log_file_path
 
 if TYPE_CHECKING:
@@ -30,6 +30,10 @@ log = logging.getLogger("language_pipes.tui")
 ServerState = Literal["stopped", "starting", "running", "stopping", "failed"]
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class LayerChangeError(RuntimeError):
+    """A layer model could not be loaded or unloaded now; the message says why in one line."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ class NodeControl:
         self.last_error: str | None = None
         self.log_file: Path | None = None
         self._file_handler: logging.Handler | None = None
+        # The layer model being loaded or unloaded now (one change at a time), for the Models tab.
+        self.layer_change: tuple[Literal["loading", "unloading"], str] | None = None
 
     # -- network server (the node) ----------------------------------------------------------
 
@@ -151,6 +157,63 @@ class NodeControl:
         self.job_state = "stopped"
         log.info("job server stopped")
 
+    # -- layer models, while running ---------------------------------------------------------------
+
+    def hosted_layers(self, model_id: str) -> list[tuple[int, int]]:
+        """The layer ranges ``[start, end)`` of ``model_id`` this node hosts now."""
+        if self.node is None:
+            return []
+        from language_pipes.engine.types import ModelId
+
+        hosted = self.node.models.get(ModelId(model_id))
+        return [] if hosted is None else sorted((s.start, s.end) for s in hosted.segments)
+
+    async def load_layer_model(self, entry: LayerModelConfig) -> str:
+        """Load one layer model into the running node now; returns what it now hosts, in one line."""
+        node = self._node_for_layer_change()
+        before = self.hosted_layers(entry.model_id)
+        self.layer_change = ("loading", entry.model_id)
+        try:
+            await node.load_layer_model(entry)
+        except Exception as error:  # noqa: BLE001 - a failed load (download, memory) is shown; the node stays up
+            log.error("loading layers of %s failed: %s", entry.model_id, error)
+            log.debug("layer load failure", exc_info=True)
+            raise LayerChangeError(f"loading {entry.model_id} failed: {error}") from error
+        finally:
+            self.layer_change = None
+        added = [span for span in self.hosted_layers(entry.model_id) if span not in before]
+        if not added:
+            raise LayerChangeError(
+                f"nothing to load for {entry.model_id}: the network already hosts its layers "
+                f"or {entry.memory:g} GB holds none (see the log)"
+            )
+        return f"Loaded {describe_layers(added)} of {entry.model_id}."
+
+    async def unload_layer_model(self, model_id: str) -> str:
+        """Stop hosting ``model_id``'s layers now; sequences on them move to other nodes first."""
+        node = self._node_for_layer_change()
+        hosted = self.hosted_layers(model_id)
+        if not hosted:
+            raise LayerChangeError(f"this node hosts no layers of {model_id}")
+        self.layer_change = ("unloading", model_id)
+        try:
+            await node.unload_layer_model(model_id)
+        except Exception as error:  # noqa: BLE001 - shown in the UI; the node keeps running
+            log.error("unloading layers of %s failed: %s", model_id, error)
+            log.debug("layer unload failure", exc_info=True)
+            raise LayerChangeError(f"unloading {model_id} failed: {error}") from error
+        finally:
+            self.layer_change = None
+        return f"Unloaded {describe_layers(hosted)} of {model_id}."
+
+    def _node_for_layer_change(self) -> Node:
+        if self.node is None or self.network_state != "running":
+            raise LayerChangeError("start the network server first (it loads the configured layer models)")
+        if self.layer_change is not None:
+            doing, model_id = self.layer_change
+            raise LayerChangeError(f"wait: {doing} {model_id} is still going on")
+        return self.node
+
     async def shutdown(self) -> None:
         """Stop everything and close the log file (the UI is exiting)."""
         await self.stop_network()
@@ -201,3 +264,8 @@ class NodeControl:
         handler.setFormatter(logging.Formatter(FILE_FORMAT))
         root.addHandler(handler)
         self._file_handler, self.log_file = handler, path
+
+
+def describe_layers(spans: list[tuple[int, int]]) -> str:
+    """``[(1, 30)]`` -> ``layers 1-29`` (inclusive, like the node's log)."""
+    return "layers " + ", ".join(f"{start}-{end - 1}" for start, end in spans)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from typing import Any
 
+from pydantic import ValidationError
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal
+from textual.coordinate import Coordinate
+from textual.message import Message
 from textual.widgets import (
     Button,
     DataTable,
@@ -19,13 +23,28 @@ from textual.widgets import (
     TabPane,
 )
 
+from language_pipes.config import LayerModelConfig, describe_one_error
 from language_pipes.models.store import ModelStore, ModelStoreError
+from language_pipes.tui.node_control import LayerChangeError, describe_layers
 from language_pipes.tui.tabs.base import DashboardTab, typed_text
 
 DATA_TYPES = ("bfloat16", "float16", "float32")
+HOSTED_COLUMN = 4
+MEGABYTE = 1_000_000
+
+
+class InstallProgress(Message):
+    """Bytes of a model download so far (posted from the download threads)."""
+
+    def __init__(self, done: int, total: int | None) -> None:
+        super().__init__()
+        self.done = done
+        self.total = total
 
 
 class ModelsTab(DashboardTab):
+    _install_message = ""
+
     def compose(self) -> ComposeResult:
         with TabbedContent(id="models-tabs"):
             with TabPane("Installed", id="models-installed"):
@@ -54,6 +73,9 @@ class ModelsTab(DashboardTab):
                     yield Button("Add", id="layer-add", variant="primary")
                     yield Button("Replace selected", id="layer-update")
                     yield Button("Remove selected", id="layer-remove", variant="error")
+                with Horizontal(classes="buttons"):
+                    yield Button("Load now", id="layer-load", variant="success")
+                    yield Button("Unload now", id="layer-unload")
             with TabPane("End Models", id="models-ends"):
                 yield Static(
                     "Models this node serves through its API (tokenizer, embedding, head, first layers)."
@@ -69,7 +91,9 @@ class ModelsTab(DashboardTab):
                     yield Button("Remove selected", id="end-remove", variant="error")
 
     def on_mount(self) -> None:
-        self.query_one("#layer-table", DataTable).add_columns("Model", "Device", "Memory GB", "Data type")
+        self.query_one("#layer-table", DataTable).add_columns(
+            "Model", "Device", "Memory GB", "Data type", "Hosted now"
+        )
         self.query_one("#end-table", DataTable).add_columns("Model", "Local layers", "Device")
         self.query_one("#install-progress", ProgressBar).display = False
         self.refresh_installed()
@@ -92,10 +116,12 @@ class ModelsTab(DashboardTab):
 
     @work(thread=True, exclusive=True, group="install")
     def install_model(self, model_id: str) -> None:
-        """Download or convert a model in a thread; the bar runs until it is done."""
+        """Download or convert a model in a thread; the bar follows the download's bytes."""
         self.app.call_from_thread(self._show_install, f"Installing {model_id}…", True)
         try:
-            path = ModelStore().ensure(model_id)
+            path = ModelStore().ensure(
+                model_id, progress=lambda done, total: self.post_message(InstallProgress(done, total))
+            )
         except ModelStoreError as error:
             # Unknown id, no connection, gated model: the store's one-line reason.
             self.app.call_from_thread(self._show_install, str(error), False)
@@ -103,10 +129,22 @@ class ModelsTab(DashboardTab):
         self.app.call_from_thread(self._show_install, f"Installed {model_id} at {path}", False)
 
     def _show_install(self, message: str, running: bool) -> None:
-        self.query_one("#install-progress", ProgressBar).display = running
+        bar = self.query_one("#install-progress", ProgressBar)
+        if running:
+            bar.update(total=None, progress=0)  # pulses until the first bytes arrive (or while converting)
+        bar.display = running
+        self._install_message = message
         self.query_one("#install-status", Static).update(message)
         if not running:
             self.refresh_installed()
+
+    @on(InstallProgress)
+    def show_install_progress(self, event: InstallProgress) -> None:
+        self.query_one("#install-progress", ProgressBar).update(total=event.total, progress=event.done)
+        expected = f" of {event.total / MEGABYTE:.1f}" if event.total else ""
+        self.query_one("#install-status", Static).update(
+            f"{self._install_message} ({event.done / MEGABYTE:.1f}{expected} MB)"
+        )
 
     @on(Button.Pressed, "#delete-model")
     def delete_model(self) -> None:
@@ -137,6 +175,7 @@ class ModelsTab(DashboardTab):
                 str(entry.get("device", "cpu")),
                 str(entry.get("memory")),
                 str(entry.get("data_type", "bfloat16")),
+                self._hosted_now(str(entry.get("model_id"))),
             )
         ends = self.query_one("#end-table", DataTable)
         ends.clear()
@@ -147,6 +186,65 @@ class ModelsTab(DashboardTab):
                 str(entry.get("num_local_layers", 1)),
                 str(entry.get("device", "cpu")),
             )
+
+    def refresh_live(self) -> None:
+        table = self.query_one("#layer-table", DataTable)
+        for row, entry in enumerate(self.dashboard.document.get("layer_models", [])):
+            if row < table.row_count:
+                table.update_cell_at(
+                    Coordinate(row, HOSTED_COLUMN), self._hosted_now(str(entry.get("model_id")))
+                )
+
+    def _hosted_now(self, model_id: str) -> str:
+        control = self.dashboard.control
+        if control.layer_change is not None and control.layer_change[1] == model_id:
+            return f"{control.layer_change[0]}…"
+        if control.network_state != "running":
+            return "-"
+        spans = control.hosted_layers(model_id)
+        return describe_layers(spans) if spans else "none"
+
+    def _selected_layer_model(self) -> LayerModelConfig | None:
+        entries = list(self.dashboard.document.get("layer_models", []))
+        row = self.query_one("#layer-table", DataTable).cursor_row
+        if not entries or not 0 <= row < len(entries):
+            self.dashboard.notify_user("Select a row first.", error=True)
+            return None
+        try:
+            return LayerModelConfig.model_validate(entries[row])
+        except ValidationError as error:
+            # A hand-edited entry that does not validate: say what is wrong with it.
+            problem = describe_one_error(error.errors(include_url=False)[0])
+            self.dashboard.notify_user(f"layer_models[{row}]: {problem}", error=True)
+            return None
+
+    @on(Button.Pressed, "#layer-load")
+    def load_layer_now(self) -> None:
+        entry = self._selected_layer_model()
+        if entry is not None:
+            self.dashboard.notify_user(f"Loading layers of {entry.model_id}…")
+            self._change_layers(self.dashboard.control.load_layer_model(entry))
+
+    @on(Button.Pressed, "#layer-unload")
+    def unload_layer_now(self) -> None:
+        entry = self._selected_layer_model()
+        if entry is not None:
+            self.dashboard.notify_user(f"Unloading layers of {entry.model_id} (requests on them move first)…")
+            self._change_layers(self.dashboard.control.unload_layer_model(entry.model_id))
+
+    def _change_layers(self, change: Coroutine[Any, Any, str]) -> None:
+        async def run() -> None:
+            try:
+                message = await change
+            except LayerChangeError as error:
+                # Network not running, another change going on, or the load failed: say so.
+                self.dashboard.notify_user(str(error), error=True)
+            else:
+                self.dashboard.notify_user(message)
+            self.dashboard.refresh_live()
+
+        self.run_worker(run(), group="layers")
+        self.refresh_live()
 
     def _layer_entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
