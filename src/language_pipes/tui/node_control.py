@@ -172,6 +172,10 @@ class NodeControl:
         """Load one layer model into the running node now; returns what it now hosts, in one line."""
         node = self._node_for_layer_change()
         before = self.hosted_layers(entry.model_id)
+        if before:  # a second load would add another copy of the layers, not this entry's
+            raise LayerChangeError(
+                f"this node already hosts {describe_layers(before)} of {entry.model_id}; unload them first"
+            )
         self.layer_change = ("loading", entry.model_id)
         try:
             await node.load_layer_model(entry)
@@ -181,7 +185,7 @@ class NodeControl:
             raise LayerChangeError(f"loading {entry.model_id} failed: {error}") from error
         finally:
             self.layer_change = None
-        added = [span for span in self.hosted_layers(entry.model_id) if span not in before]
+        added = self.hosted_layers(entry.model_id)
         if not added:
             raise LayerChangeError(
                 f"nothing to load for {entry.model_id}: the network already hosts its layers "
