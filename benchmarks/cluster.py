@@ -67,7 +67,7 @@ class LocalCluster:
         config = self.folder / f"{name}.toml"
         config.write_text("\n".join(lines) + "\n")
         log = (self.folder / f"{name}.log").open("wb")
-        env = {**os.environ, "LP_APP_DIR": str(self.folder / "app"), "OMP_WAIT_POLICY": "PASSIVE"}
+        env = {**os.environ, "LP_APP_DIR": str(self.folder / "app")}
         process = subprocess.Popen(
             [sys.executable, "-m", "language_pipes", "-c", str(config), "run"],
             stdout=log,

@@ -342,7 +342,12 @@ class Node:
             hop.start,
             hop.end,
             hosted.end_model.dtype,
+            on_other_machine=self._on_other_machine(NodeId(hop.node_id)),
         )
+
+    def _on_other_machine(self, node_id: NodeId) -> bool:
+        record = self.network.records().get(node_id)
+        return record is None or record.address != self.config.network_ip
 
     # -- ModelCatalog (what the API sees) ---------------------------------------------------
 

@@ -6,11 +6,12 @@ token budget, runs them through the end model's local layers and the
 sequence's route, and samples the next token of every sequence that has fed
 all its known tokens.
 
-Sequences whose route crosses the network are spread over two lanes (threads)
-so the pipe carries two micro-batches: while a layer node runs one lane's
-step, the origin runs the other lane's embedding, local layers, head and
-sampling. Routes that stay on this node use one lane, so a step is one
-forward over every sequence.
+Sequences whose route reaches another machine are spread over two lanes
+(threads) so the pipe carries two micro-batches: while a layer node runs one
+lane's step, the origin runs the other lane's embedding, local layers, head
+and sampling. Routes whose nodes share this machine's cores use one lane, so
+a step is one forward over every sequence (two half batches would only
+compete for the same cores).
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ class Scheduler:
 
     def _lane_for(self, sequence: Sequence) -> Lane:
         assert sequence.route is not None
-        if not sequence.route.crosses_network:
+        if not sequence.route.spans_machines:
             return self.lanes[0]
         return min(self.lanes, key=lambda lane: len(lane.active) + lane.joining.qsize())
 

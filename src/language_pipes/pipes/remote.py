@@ -38,8 +38,6 @@ OPEN_TIMEOUT_S = 5.0
 class RemoteSegment:
     """Layers ``[start, end)`` of ``model_id`` run by ``node_id``."""
 
-    is_remote = True
-
     def __init__(
         self,
         network: PeerNetwork,
@@ -49,6 +47,7 @@ class RemoteSegment:
         start: int,
         end: int,
         dtype: torch.dtype,
+        on_other_machine: bool = True,
     ) -> None:
         self.network = network
         self.loop = loop
@@ -56,6 +55,8 @@ class RemoteSegment:
         self.model_id = model_id
         self.start, self.end = start, end
         self.dtype = dtype
+        # A hop with its own compute: worth keeping busy with a second micro-batch.
+        self.on_other_machine = on_other_machine
 
     def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout + 1.0)

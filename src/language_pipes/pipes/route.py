@@ -42,8 +42,9 @@ class Route:
         self.open_sequences = 0
 
     @property
-    def crosses_network(self) -> bool:
-        return any(getattr(segment, "is_remote", False) for segment in self.segments)
+    def spans_machines(self) -> bool:
+        """True when a hop runs on another machine, so micro-batches can keep both busy at once."""
+        return any(getattr(segment, "on_other_machine", False) for segment in self.segments)
 
     def forward(self, hidden: torch.Tensor, batch: SegmentBatch) -> torch.Tensor:
         for segment in self.segments:
