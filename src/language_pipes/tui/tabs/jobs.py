@@ -13,6 +13,9 @@ from language_pipes.config import shorten_api_key
 from language_pipes.tui.status import JobRates
 from language_pipes.tui.tabs.base import DashboardTab, set_input, typed_text
 
+# Keys at least this long show their last characters too, so generated keys can be told apart.
+DISTINGUISHABLE_KEY_LENGTH = 16
+
 SCALAR_INPUTS: dict[str, tuple[str, type]] = {
     "job-port": ("job_port", int),
     "max-api-jobs": ("max_api_jobs", int),
@@ -64,7 +67,7 @@ class JobsTab(DashboardTab):
             set_input(self.query_one(f"#{input_id}", Input), values.get(key))
         keys = self.query_one("#api-key-list", OptionList)
         keys.clear_options()
-        keys.add_options([shorten_api_key(str(key)) for key in values.get("api_keys", [])])
+        keys.add_options([api_key_label(str(key)) for key in values.get("api_keys", [])])
 
     def refresh_live(self) -> None:
         control = self.dashboard.control
@@ -125,3 +128,10 @@ class JobsTab(DashboardTab):
         if index is not None and index < len(keys):
             del keys[index]
             self.dashboard.edit({"api_keys": keys or None})
+
+
+def api_key_label(key: str) -> str:
+    """How a key is listed: its first characters, and for long keys its last four (never the whole key)."""
+    if len(key) >= DISTINGUISHABLE_KEY_LENGTH:
+        return f"{key[:3]}…{key[-4:]}"
+    return shorten_api_key(key)
