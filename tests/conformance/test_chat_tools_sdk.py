@@ -175,14 +175,22 @@ def test_json_object_output_parses(client: OpenAI) -> None:
 
 def test_sdk_stream_helper_for_text_and_tools(client: OpenAI) -> None:
     with client.chat.completions.stream(
-        model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_completion_tokens=40
+        model=MODEL,
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_completion_tokens=200,
+        temperature=0,
     ) as stream:
         text = "".join(event.delta for event in stream if event.type == "content.delta")
         final = stream.get_final_completion()
     assert final.choices[0].message.content == text and text
 
     with client.chat.completions.stream(
-        model=MODEL, messages=ASK_WEATHER, tools=TOOLS, tool_choice="required", max_completion_tokens=120
+        model=MODEL,
+        messages=ASK_WEATHER,
+        tools=TOOLS,
+        tool_choice="required",
+        max_completion_tokens=300,
+        temperature=0,  # sampled arguments can run to the limit, which the SDK helper rejects
     ) as stream:
         done = [event for event in stream if event.type == "tool_calls.function.arguments.done"]
         final = stream.get_final_completion()

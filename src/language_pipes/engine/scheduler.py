@@ -181,15 +181,13 @@ class Scheduler:
 
     def drop_finished(self, active: list[Sequence]) -> None:
         """Remove finished and cancelled sequences from ``active`` (in place), freeing their caches."""
-        still_active = []
         for sequence in active:
             if sequence.cancelled.is_set() and not sequence.finished:
                 sequence.finished = True
-            if sequence.finished:
-                self._release(sequence)
-            else:
-                still_active.append(sequence)
-        active[:] = still_active
+        done = [sequence for sequence in active if sequence.finished]
+        active[:] = [sequence for sequence in active if not sequence.finished]
+        for sequence in done:  # after the list changed, so a freed cache never belongs to a listed sequence
+            self._release(sequence)
 
     def _release(self, sequence: Sequence) -> None:
         self.end_model.local_layers.release(sequence.sequence_id)
