@@ -105,7 +105,6 @@ class Scheduler:
         # Batch-invariant mode: prefill chunks start at multiples of prefill_chunk, whatever else runs.
         self.aligned_prefill = aligned_prefill
         self._incoming: queue.Queue[Sequence | None] = queue.Queue()
-        self._admitting = threading.Lock()
         self.stopping = threading.Event()
         self.lanes = [Lane(self, index) for index in range(max(1, remote_lanes))]
 
@@ -118,9 +117,14 @@ class Scheduler:
         self._incoming.put_nowait(None)  # wakes idle lanes
         for lane in self.lanes:
             lane.joining.put_nowait(None)
+        waiting: list[Sequence | None] = []
         for lane in self.lanes:
             lane.thread.join(timeout=10)
-            for sequence in lane.active:
+            waiting += lane.active
+            waiting += _drain(lane.joining)
+        waiting += _drain(self._incoming)
+        for sequence in waiting:
+            if sequence is not None:
                 sequence.finish("error", "the node is shutting down", 503)
 
     def submit(self, sequence: Sequence) -> None:
@@ -135,21 +139,17 @@ class Scheduler:
         return tuple(sequence for lane in self.lanes for sequence in lane.active)
 
     def admit(self, timeout: float | None) -> None:
-        """Give newly submitted sequences a route and a lane (waits up to ``timeout`` for one)."""
+        """Give newly submitted sequences a route and a lane (waits up to ``timeout`` for one).
+
+        Only lane 0 calls this, so routes are opened from one thread.
+        """
         try:
             first = self._incoming.get(timeout=timeout) if timeout else self._incoming.get_nowait()
         except queue.Empty:
             return
-        with self._admitting:
-            pending = [first]
-            while True:
-                try:
-                    pending.append(self._incoming.get_nowait())
-                except queue.Empty:
-                    break
-            for sequence in pending:
-                if sequence is not None and self._open(sequence):
-                    self._lane_for(sequence).joining.put_nowait(sequence)
+        for sequence in [first, *_drain(self._incoming)]:
+            if sequence is not None and self._open(sequence):
+                self._lane_for(sequence).joining.put_nowait(sequence)
 
     def _open(self, sequence: Sequence) -> bool:
         """Give a new sequence a route whose hops all accept it; a refusing or lost hop means another try."""
@@ -296,3 +296,12 @@ class Scheduler:
                 sequence.random,
             )
             sequence.add_token(token, self.end_model.eos_token_ids)
+
+
+def _drain(pending: queue.Queue[Sequence | None]) -> list[Sequence | None]:
+    drained = []
+    while True:
+        try:
+            drained.append(pending.get_nowait())
+        except queue.Empty:
+            return drained
