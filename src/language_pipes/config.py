@@ -334,8 +334,12 @@ def describe_one_error(error: ErrorDetails) -> str:
     context = error.get("ctx", {})
     if kind == "extra_forbidden":
         unknown = str(location[-1])
-        close = difflib.get_close_matches(unknown, _all_field_names(), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        if len(location) > 1 and unknown in NodeConfig.model_fields:
+            # TOML puts every key after a [[table]] header into that table.
+            hint = " (a top-level key: move it above the first [table] or [[table]] header)"
+        else:
+            close = difflib.get_close_matches(unknown, _all_field_names(), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close and close[0] != unknown else ""
         parent = _format_location(location[:-1])
         return f"{parent + ': ' if parent else ''}unknown key '{unknown}'{hint}"
     if kind in _PROBLEMS:

@@ -260,3 +260,12 @@ def test_save_config_round_trips(tmp_path: Path) -> None:
     save_config(path, original)
     assert load_config(str(path)) == original
     assert "torch_threads" not in path.read_text(encoding="utf-8")
+
+
+def test_a_top_level_key_after_a_table_header_says_where_it_belongs(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('node_id = "x"\n[[layer_models]]\nmodel_id = "m"\nmemory = 1\npeer_port = 5001\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(str(path))
+    assert "layer_models[0]: unknown key 'peer_port'" in str(error.value)
+    assert "move it above the first [table] or [[table]] header" in str(error.value)
