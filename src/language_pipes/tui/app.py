@@ -34,6 +34,7 @@ ModalScreen { align: center middle; }
 .field { height: auto; }
 .field > Input { width: 1fr; }
 .label { width: 16; padding: 1 1 0 0; }
+.field > Static { padding: 1 0 0 0; }
 .section { text-style: bold; margin: 1 0 0 0; color: $accent; }
 .short-list { height: auto; max-height: 6; }
 .error { color: $error; }
