@@ -46,6 +46,11 @@ def app_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 async def click(pilot: Pilot[int], selector: str) -> None:
+    target = pilot.app.screen.query_one(selector)
+    for _ in range(40):  # a Button ignores clicks while its pressed effect (0.2 s) still shows
+        if not target.has_class("-active"):
+            break
+        await pilot.pause(0.05)
     assert await pilot.click(selector), f"could not click {selector}"
     await pilot.pause()
 
