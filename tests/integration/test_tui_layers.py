@@ -26,6 +26,7 @@ from language_pipes.models.store import ModelStore
 from language_pipes.node import Node
 from language_pipes.tui.app import LanguagePipesApp
 from support.node_process import DEFAULT_MODEL, free_port
+from support.tui_pilot import click
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 START_TIMEOUT_S = 420.0
@@ -46,13 +47,6 @@ async def wait_for(pilot: Pilot[int], condition: Callable[[], bool], timeout: fl
     while not condition():
         assert loop.time() < deadline, f"timed out waiting for {what}"
         await pilot.pause(0.2)
-
-
-async def click(pilot: Pilot[int], selector: str) -> None:
-    pilot.app.screen.query_one(selector).scroll_visible(animate=False)
-    await pilot.pause()
-    assert await pilot.click(selector), f"could not click {selector}"
-    await pilot.pause()
 
 
 def notice(app: LanguagePipesApp) -> str:

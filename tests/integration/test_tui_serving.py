@@ -27,6 +27,7 @@ from textual.widgets import DataTable, Input, Select, Static
 from language_pipes.tui.app import LanguagePipesApp
 from language_pipes.tui.dashboard import Dashboard
 from support.node_process import DEFAULT_MODEL, free_port
+from support.tui_pilot import click
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 START_TIMEOUT_S = 420.0
@@ -62,13 +63,6 @@ async def show_tab(pilot: Pilot[int], tab: str) -> None:
     """Click the tab's label, as a person would."""
     assert await pilot.click(f"#--content-tab-{tab}"), f"could not click the tab {tab}"
     await pilot.pause(0.3)
-
-
-async def click(pilot: Pilot[int], selector: str) -> None:
-    pilot.app.screen.query_one(selector).scroll_visible(animate=False)
-    await pilot.pause()
-    assert await pilot.click(selector), f"could not click {selector}"
-    await pilot.pause()
 
 
 def notice(dashboard: Dashboard) -> str:

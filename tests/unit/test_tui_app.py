@@ -17,6 +17,7 @@ from language_pipes.tui.config_document import create_config, saved_config_names
 from language_pipes.tui.dashboard import Dashboard
 from language_pipes.tui.menu import LoadConfigScreen, MainMenu
 from support.node_process import free_port
+from support.tui_pilot import click
 
 pytestmark = pytest.mark.asyncio
 SIZE = (130, 48)
@@ -43,16 +44,6 @@ def app_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LP_APP_DIR", str(tmp_path / "app"))
     monkeypatch.setenv("LP_MODEL_DIR", str(tmp_path / "models"))
     return tmp_path / "app"
-
-
-async def click(pilot: Pilot[int], selector: str) -> None:
-    target = pilot.app.screen.query_one(selector)
-    for _ in range(40):  # a Button ignores clicks while its pressed effect (0.2 s) still shows
-        if not target.has_class("-active"):
-            break
-        await pilot.pause(0.05)
-    assert await pilot.click(selector), f"could not click {selector}"
-    await pilot.pause()
 
 
 async def submit(pilot: Pilot[int], selector: str, text: str) -> None:
