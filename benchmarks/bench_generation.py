@@ -110,7 +110,7 @@ async def measure_api(port: int, tokens: int, concurrency: tuple[int, ...]) -> d
     return result
 
 
-def run(tokens: int, threads: int, concurrency: tuple[int, ...]) -> dict[str, object]:
+def run(tokens: int, threads: int, concurrency: tuple[int, ...], core_per_node: bool) -> dict[str, object]:
     folder = ModelStore().ensure(DEFAULT_MODEL)
     results: dict[str, object] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -119,11 +119,16 @@ def run(tokens: int, threads: int, concurrency: tuple[int, ...]) -> dict[str, ob
         "dtype": "bfloat16",
         "tokens": tokens,
         "torch_threads": threads,
+        "core_per_node": core_per_node,
     }
     print("transformers reference ...", flush=True)
+    all_cores = os.sched_getaffinity(0)
+    if core_per_node:
+        os.sched_setaffinity(0, {0})  # the reference gets one core too, like each node
     results["transformers"] = reference(folder, tokens, threads)
+    os.sched_setaffinity(0, all_cores)
     with tempfile.TemporaryDirectory() as scratch:
-        cluster = LocalCluster(Path(scratch) / "one", threads)
+        cluster = LocalCluster(Path(scratch) / "one", threads, core_per_node)
         try:
             print("1 node ...", flush=True)
             node = cluster.start("solo", whole_model(), job_port=free_port())
@@ -132,7 +137,7 @@ def run(tokens: int, threads: int, concurrency: tuple[int, ...]) -> dict[str, ob
             results["one_node"]["peak_rss_mb"] = node.peak_rss_mb()  # type: ignore[index]
         finally:
             cluster.stop()
-        cluster = LocalCluster(Path(scratch) / "two", threads)
+        cluster = LocalCluster(Path(scratch) / "two", threads, core_per_node)
         try:
             print("2 nodes ...", flush=True)
             end = cluster.start("end", end_only(), job_port=free_port())
@@ -143,7 +148,7 @@ def run(tokens: int, threads: int, concurrency: tuple[int, ...]) -> dict[str, ob
             results["two_nodes"]["layer_peak_rss_mb"] = layers.peak_rss_mb()  # type: ignore[index]
         finally:
             cluster.stop()
-        cluster = LocalCluster(Path(scratch) / "three", threads)
+        cluster = LocalCluster(Path(scratch) / "three", threads, core_per_node)
         try:
             print("3 nodes (memory of a half-model layer node) ...", flush=True)
             end = cluster.start("end", end_only(), job_port=free_port())
@@ -199,12 +204,20 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--concurrency", default="1,4,8")
+    parser.add_argument(
+        "--core-per-node",
+        action="store_true",
+        help="pin each node (and the reference) to its own core, as if every node had a machine of its own "
+        "with that many cores; use with --threads 1",
+    )
     args = parser.parse_args()
-    results = run(args.tokens, args.threads, tuple(int(c) for c in args.concurrency.split(",")))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
+    concurrency = tuple(int(c) for c in args.concurrency.split(","))
+    results = run(args.tokens, args.threads, concurrency, args.core_per_node)
+    output = RESULTS.with_name("generation-core-per-node.json") if args.core_per_node else RESULTS
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2))
     print(table(results))
-    print(f"\nwritten to {RESULTS}")
+    print(f"\nwritten to {output}")
 
 
 if __name__ == "__main__":

@@ -46,9 +46,11 @@ class RunningNode:
 class LocalCluster:
     """Writes one TOML per node into ``folder`` and runs ``language-pipes -c FILE run`` for each."""
 
-    def __init__(self, folder: Path, torch_threads: int) -> None:
+    def __init__(self, folder: Path, torch_threads: int, core_per_node: bool = False) -> None:
         self.folder = folder
         self.torch_threads = torch_threads
+        # Pin node i to core i: each node computes on its own core, like nodes on separate machines.
+        self.core_per_node = core_per_node
         self.nodes: list[RunningNode] = []
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -68,12 +70,14 @@ class LocalCluster:
         config.write_text("\n".join(lines) + "\n")
         log = (self.folder / f"{name}.log").open("wb")
         env = {**os.environ, "LP_APP_DIR": str(self.folder / "app")}
+        core = len(self.nodes) % (os.cpu_count() or 1)
         process = subprocess.Popen(
             [sys.executable, "-m", "language_pipes", "-c", str(config), "run"],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, {core})) if self.core_per_node else None,
         )
         node = RunningNode(name, process, job_port, peer_port)
         self.nodes.append(node)
