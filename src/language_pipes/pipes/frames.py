@@ -114,7 +114,3 @@ def decode_sequence_ids(raw: bytes) -> list[SequenceId]:
     if len(raw) % 16:
         raise MalformedPipeFrame("sequence id list must be a multiple of 16 bytes")
     return [decode_sequence_id(raw[i : i + 16]) for i in range(0, len(raw), 16)]
-
-
-def dtype_code(dtype: torch.dtype) -> int:
-    return _DTYPE_CODES[dtype]

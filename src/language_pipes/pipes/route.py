@@ -70,15 +70,6 @@ class Route:
         return f"Route({self.name}: {hops})"
 
 
-def chains(first_layer: int, last_layer: int, segments: Sequence[SegmentRunner]) -> bool:
-    """True when the segments cover ``[first_layer, last_layer)`` contiguously and in order."""
-    position = first_layer
-    for segment in segments:
-        if segment.start != position:
-            return False
-        position = segment.end
-    return position == last_layer
-
 
 class LocalHop:
     """Layers ``[start, end)`` of a segment hosted on this node, run by a function call."""
