@@ -4,6 +4,7 @@
   embedded default model in it once); ``$LP_TEST_MODEL_DIR`` reuses a store between runs.
 * ``node_launcher``: starts real node processes (see ``support.node_process``) and kills
   them at teardown.
+* ``start_node``: starts PeerNetwork instances in the test's process (``support.peers``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from support.node_process import NodeLauncher
+from support.peers import start_node  # noqa: F401 - a fixture: PeerNetworks in this process
 
 
 @pytest.fixture(scope="session")

@@ -176,6 +176,8 @@ class NodeConfig(_StrictModel):
     max_api_jobs: int = Field(default=5, ge=1)
     max_node_jobs: int = Field(default=10, ge=1)
     peer_port: Port = 5000
+    # Step lanes (direct channels for hidden states); unset: a free port, announced by gossip.
+    lane_port: Port | None = None
     network_ip: Host = "127.0.0.1"
     network_key: NetworkKey | None = None
     whitelist_node_ids: tuple[NonEmptyText, ...] = ()
@@ -401,6 +403,7 @@ def config_report(config: NodeConfig, source: str | None = None) -> str:
         "Network",
         ("network_ip", config.network_ip),
         ("peer_port", str(config.peer_port)),
+        ("lane_port", str(config.lane_port) if config.lane_port else "any free port"),
         ("network_key", shorten_network_key(config.network_key) if config.network_key else "not set"),
         ("whitelist_node_ids", ", ".join(config.whitelist_node_ids) or "none (any node)"),
         ("bootstrap_nodes", bootstrap or "none"),

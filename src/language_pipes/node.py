@@ -77,6 +77,7 @@ class Node:
             whitelist=config.whitelist_node_ids,
             bootstrap=[(node.address, node.port) for node in config.bootstrap_nodes],
             failure_timeout_s=FAILURE_TIMEOUT_S,
+            lane_port=config.lane_port or 0,
         )
         self.worker = LayerWorker(self.network, config.max_node_jobs)
         self.network.on_peer_lost(self._on_peer_lost)

@@ -6,12 +6,9 @@ import asyncio
 import hashlib
 import logging
 import os
-import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import zmq
 import zmq.asyncio
 
@@ -27,47 +24,9 @@ from language_pipes.network.types import (
     PeerUnavailableError,
 )
 from language_pipes.network.wire import encode_data_envelope
+from support.peers import Starter, wait_until
 
 NETWORK_LOGGER = "language_pipes.network.peer_network"
-Starter = Callable[..., Any]
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> float:
-    """Seconds it took for ``condition`` to hold; fails the test after ``timeout``."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
-
-
-@pytest_asyncio.fixture
-async def start_node() -> AsyncIterator[Starter]:
-    """Start PeerNetworks on loopback; all of them are stopped when the test ends."""
-    started: list[PeerNetwork] = []
-
-    async def start(
-        name: str,
-        *,
-        identity: NodeIdentity | None = None,
-        bootstrap: tuple[PeerNetwork, ...] = (),
-        **options: Any,
-    ) -> PeerNetwork:
-        network = PeerNetwork(
-            identity or NodeIdentity.generate(name),
-            listen_host="127.0.0.1",
-            advertise_ip="127.0.0.1",
-            bootstrap=[("127.0.0.1", peer.peer_port) for peer in bootstrap],
-            **options,
-        )
-        await network.start()
-        started.append(network)
-        return network
-
-    yield start
-    for network in started:
-        await network.stop(announce=False)
 
 
 def collect(network: PeerNetwork, kind: str) -> list[tuple[NodeId, Any, bytes]]:

@@ -3,7 +3,8 @@
 Two real :class:`Node` objects run in this process on loopback (real ZeroMQ
 sockets, real encryption, the real API through the ``openai`` SDK). Every
 message the layer node decrypts, of every kind (pipe frames, gossip, pings,
-replies), is recorded by wrapping :meth:`Session.open`. After a chat request
+replies), is recorded by wrapping :meth:`Session.open` and, for steps that
+come over a step lane, :meth:`ServerLane.open`. After a chat request
 with a distinctive prompt, nothing recorded may contain the prompt or the
 reply as UTF-8, nor any run of their token ids as 16/32/64-bit integers; step
 headers must decode to sequence ids, positions and lengths only.
@@ -25,6 +26,7 @@ from openai import AsyncOpenAI
 
 from language_pipes.config import parse_config
 from language_pipes.engine.types import ModelId
+from language_pipes.network.lanes import RequestPrefix, ServerLane
 from language_pipes.network.session import Session
 from language_pipes.node import Node
 from language_pipes.pipes.frames import KIND_OPEN, KIND_RELEASE, KIND_STEP, decode_sequence_ids, decode_step
@@ -44,6 +46,7 @@ class Received:
     kind: str
     header: dict[str, Any] | bytes
     payload: bytes
+    via: str  # "session" (the peer network) or "lane"
 
 
 @dataclass
@@ -70,10 +73,19 @@ async def run(tmp_path_factory: pytest.TempPathFactory, model_store_dir: Path) -
         inner, payload = original_open(self, *arguments)
         if self.own_id == LAYER_NODE:
             envelope = arguments[0]
-            received.append(Received(envelope.kind, inner.header, bytes(payload)))
+            received.append(Received(envelope.kind, inner.header, bytes(payload), "session"))
         return inner, payload
 
+    original_lane_open = ServerLane.open
+
+    def recording_lane_open(self: ServerLane, prefix: RequestPrefix, *arguments: Any) -> list[bytes]:
+        header, payload = original_lane_open(self, prefix, *arguments)
+        if self.session.own_id == LAYER_NODE:
+            received.append(Received(prefix.kind, header, payload, "lane"))
+        return [header, payload]
+
     patch.setattr(Session, "open", recording_open)
+    patch.setattr(ServerLane, "open", recording_lane_open)
     key = new_network_key()
     origin_peer_port = free_port()
     origin = Node(
@@ -159,6 +171,8 @@ def _encodings(token_ids: list[int]) -> Iterable[bytes]:
 async def test_the_layer_node_ran_the_request(run: PrivacyRun) -> None:
     kinds = {message.kind for message in run.received}
     assert {KIND_OPEN, KIND_STEP, KIND_RELEASE} <= kinds
+    # Steps take the step lane (the fast path), so its decrypted frames are what is checked here.
+    assert {message.via for message in run.received if message.kind == KIND_STEP} == {"lane"}
     assert run.reply_text  # there was output to leak
     assert len(run.reply_ids) >= TOKEN_WINDOW and len(run.prompt_ids) > TOKEN_WINDOW
 

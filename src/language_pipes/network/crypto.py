@@ -84,12 +84,38 @@ def derive_session_keys(
     return material[:SESSION_KEY_BYTES], material[SESSION_KEY_BYTES:]
 
 
+LANE_TAG_BYTES = 16
+
+
+def derive_lane_secret(client_to_server: bytes, server_to_client: bytes) -> tuple[bytes, bytes]:
+    """(tag, root key) of a session's step lanes; both ends of the session derive the same pair.
+
+    The tag names the session in the clear on a lane; the root key never leaves the two nodes.
+    """
+    material = HKDF(hashes.SHA256(), LANE_TAG_BYTES + SESSION_KEY_BYTES, _HKDF_SALT, b"step lanes").derive(
+        client_to_server + server_to_client
+    )
+    return material[:LANE_TAG_BYTES], material[LANE_TAG_BYTES:]
+
+
+def derive_lane_keys(root: bytes, client_id: str, lane_id: int) -> tuple[bytes, bytes]:
+    """(request key, reply key) of one lane, opened by node ``client_id`` with a random ``lane_id``."""
+    info = b"lane " + client_id.encode() + b"\x00" + struct.pack("!Q", lane_id)
+    material = HKDF(hashes.SHA256(), 2 * SESSION_KEY_BYTES, _HKDF_SALT, info).derive(root)
+    return material[:SESSION_KEY_BYTES], material[SESSION_KEY_BYTES:]
+
+
 class SendingCipher:
     """Seals the frames of one direction of a session; every seal uses a fresh counter."""
 
     def __init__(self, key: bytes) -> None:
         self._cipher = ChaCha20Poly1305(key)
         self._next_counter = 0
+
+    @property
+    def next_counter(self) -> int:
+        """The counter the next :meth:`seal` starts from (to name it in the associated data)."""
+        return self._next_counter
 
     def seal(self, associated: bytes, *parts: bytes | memoryview) -> tuple[int, list[bytes]]:
         """Seal each part under its own counter; returns the first counter and the sealed parts."""

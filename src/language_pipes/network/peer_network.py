@@ -42,6 +42,7 @@ from language_pipes.network.handshake import (
     transcript,
 )
 from language_pipes.network.identity import NodeIdentity
+from language_pipes.network.lanes import LaneClients, LaneHandler, LaneRefused, LaneServer
 from language_pipes.network.membership import Membership, PinnedKeys, SignedRecord, sign_record
 from language_pipes.network.session import Session
 from language_pipes.network.types import (
@@ -161,6 +162,7 @@ class PeerNetwork:
         failure_timeout_s: float = 4.0,
         heartbeat_interval_s: float | None = None,
         handshake_timeout_s: float = 2.0,
+        lane_port: int | None = 0,
     ) -> None:
         self.node_id = identity.node_id
         self._identity = identity
@@ -190,6 +192,12 @@ class PeerNetwork:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._gossip_now = asyncio.Event()
         self._running = False
+        # Step lanes (lanes.py): 0 binds a free port, None runs without (steps use the peer port).
+        self._lane_port = lane_port
+        self._lane_context: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._lane_server: LaneServer | None = None
+        self._lane_clients: LaneClients | None = None
+        self._lane_handlers: dict[str, LaneHandler] = {}
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -203,6 +211,8 @@ class PeerNetwork:
             self.peer_port = self._router.bind_to_random_port(f"tcp://{self._listen_host}")
         else:
             self._router.bind(f"tcp://{self._listen_host}:{self.peer_port}")
+        if self._lane_port is not None:
+            self._start_lanes(self._lane_port)
         self._sign_own_record()
         self._running = True
         self._spawn(self._read_router())
@@ -229,6 +239,10 @@ class PeerNetwork:
             self._router.close(linger=0)
         if self._context is not None:
             self._context.destroy(linger=0)
+        if self._lane_server is not None:
+            await asyncio.to_thread(self._lane_server.stop)
+        if self._lane_context is not None:
+            self._lane_context.destroy(linger=0)
 
     async def leave(self) -> None:
         """Tell every connected peer we are going, so they drop us at once instead of after a timeout."""
@@ -329,6 +343,67 @@ class PeerNetwork:
             self._pending.pop(correlation_id, None)
         return reply_header, bytes(reply_payload)
 
+    # ----------------------------------------------------------------- step lanes
+
+    def register_lane_handler(self, kind: str, handler: LaneHandler) -> None:
+        """Answer lane requests of ``kind`` with ``handler(sender, header, payload) -> reply payload``.
+
+        Handlers run one at a time on the lane thread, not on the event loop.
+        """
+        self._lane_handlers[kind] = handler
+        if self._lane_server is not None:
+            self._lane_server.register(kind, handler)
+
+    def lane_request(
+        self, node_id: NodeId, kind: str, header: bytes, payload: bytes | memoryview, timeout: float
+    ) -> bytes | None:
+        """Send a request over this thread's lane to ``node_id`` and block until the reply payload.
+
+        Call it from a thread other than the event loop. Returns None when the
+        peer offers no usable lane: send the message with :meth:`request` then.
+        Raises like :meth:`request` otherwise.
+        """
+        if self._lane_clients is None:
+            return None
+        session = self._session_to(node_id)
+        signed = self._membership.record_of(node_id)
+        if signed is None or signed.record.lane_port is None:
+            return None
+        client = self._lane_clients.for_peer(session, signed.record.address, signed.record.lane_port)
+        if client is None:
+            return None
+        try:
+            return client.request(kind, header, payload, timeout, lambda: self._lane_peer_problem(node_id))
+        except LaneRefused as error:
+            logger.info("%s; sending over the peer network", error)
+            self._lane_clients.discard(node_id)
+            return None
+        except PeerLostError:
+            self._lane_clients.discard(node_id)
+            raise
+
+    def _start_lanes(self, port: int) -> None:
+        self._lane_context = zmq.Context()
+        self._lane_server = LaneServer(self._lane_context, self._listen_host, port, self._inbound_session)
+        for kind, handler in self._lane_handlers.items():
+            self._lane_server.register(kind, handler)
+        self._lane_server.start()
+        self._lane_clients = LaneClients(self._lane_context)
+        logger.info("step lanes on %s:%d", self._listen_host, self._lane_server.port)
+
+    def _inbound_session(self, lane_tag: bytes) -> Session | None:
+        """The open inbound session named by ``lane_tag`` (read from the lane thread)."""
+        for state in list(self._inbound.values()):
+            session = state.session
+            if session is not None and session.lane_tag == lane_tag:
+                return session if self._membership.allows(session.peer_id) else None
+        return None
+
+    def _lane_peer_problem(self, node_id: NodeId) -> str | None:
+        if not self._running:
+            return "the network was stopped"
+        return None if self._membership.is_live(node_id) else "it stopped answering"
+
     # ----------------------------------------------------------------- own record & observers
 
     def _sign_own_record(self) -> None:
@@ -342,6 +417,7 @@ class PeerNetwork:
             end_models=self._local.end_models,
             load=self._local.load,
             version=max(previous + 1, time.time_ns()),
+            lane_port=self._lane_server.port if self._lane_server is not None else None,
         )
         self._own_record = sign_record(self._identity, record)
 
@@ -527,7 +603,13 @@ class PeerNetwork:
             await self._reply_inbound(routing_id, frames)
 
         state.session = Session(
-            self.node_id, client.node_id, origin, keys.server_to_client, keys.client_to_server, transmit
+            self.node_id,
+            client.node_id,
+            origin,
+            keys.server_to_client,
+            keys.client_to_server,
+            transmit,
+            is_client=False,
         )
         state.handshake = None
         self._membership.forget_departure(client.node_id)
@@ -784,6 +866,7 @@ class PeerNetwork:
             keys.client_to_server,
             keys.server_to_client,
             transmit,
+            is_client=True,
         )
 
     def _on_connection_ready(self, connection: _OutboundConnection, session: Session) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from language_pipes.network.crypto import ReceivingCipher, SendingCipher
+from language_pipes.network.crypto import ReceivingCipher, SendingCipher, derive_lane_secret
 from language_pipes.network.types import NodeId
 from language_pipes.network.wire import (
     Envelope,
@@ -40,6 +40,8 @@ class Session:
         sending_key: bytes,
         receiving_key: bytes,
         transmit: Transmit,
+        *,
+        is_client: bool,
     ) -> None:
         self.own_id = own_id
         self.peer_id = peer_id
@@ -47,6 +49,11 @@ class Session:
         self._sending = SendingCipher(sending_key)
         self._receiving = ReceivingCipher(receiving_key)
         self._transmit = transmit
+        # Step lanes (network/lanes.py) are keyed from this session: the tag names it, the root keys them.
+        client_to_server, server_to_client = (
+            (sending_key, receiving_key) if is_client else (receiving_key, sending_key)
+        )
+        self.lane_tag, self.lane_root = derive_lane_secret(client_to_server, server_to_client)
 
     def seal(
         self,

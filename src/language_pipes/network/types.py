@@ -89,6 +89,8 @@ class NodeRecord:
     end_models: tuple[str, ...]
     load: int
     version: int
+    # Where this node answers step lanes (network/lanes.py); None: steps go over ``port``.
+    lane_port: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -100,6 +102,7 @@ class NodeRecord:
             "end_models": list(self.end_models),
             "load": self.load,
             "version": self.version,
+            "lane_port": self.lane_port,
         }
 
     @staticmethod
@@ -114,6 +117,9 @@ class NodeRecord:
             raise ValueError("record address must be a non-empty string")
         if not _is_int(port) or not 0 < port < 65536:
             raise ValueError("record port must be 1..65535")
+        lane_port = data.get("lane_port")
+        if lane_port is not None and (not _is_int(lane_port) or not 0 < lane_port < 65536):
+            raise ValueError("record lane_port must be 1..65535 or null")
         if not _is_int(load) or load < 0 or not _is_int(version) or version < 0:
             raise ValueError("record load and version must be non-negative integers")
         if not isinstance(end_models, list) or not all(isinstance(m, str) for m in end_models):
@@ -133,6 +139,7 @@ class NodeRecord:
             end_models=tuple(end_models),
             load=load,
             version=version,
+            lane_port=lane_port,
         )
 
 

@@ -2,8 +2,10 @@
 
 :class:`RemoteSegment` looks like a local :class:`LayerSegment` (``open``,
 ``forward``, ``release``) but each call is a message over the peer network.
-The scheduler thread blocks on the network's event loop for the reply; a lost
-peer surfaces as an exception within the network's failure timeout.
+Steps go over the scheduler thread's own step lane to the node when it offers
+one (no event-loop handoffs, see network/lanes.py), otherwise over the peer
+network, blocking on its event loop. A lost peer surfaces as an exception
+within the network's failure timeout either way.
 """
 
 from __future__ import annotations
@@ -69,11 +71,14 @@ class RemoteSegment:
         )
 
     def forward(self, hidden: torch.Tensor, batch: SegmentBatch) -> torch.Tensor:
-        header = StepHeader(self.model_id, self.start, self.end, self.dtype, hidden.shape[-1], batch)
-        request = self.network.request(
-            self.node_id, KIND_STEP, encode_step(header), tensor_bytes(hidden.to(self.dtype)), STEP_TIMEOUT_S
+        header = encode_step(
+            StepHeader(self.model_id, self.start, self.end, self.dtype, hidden.shape[-1], batch)
         )
-        _, payload = self._call(request, STEP_TIMEOUT_S)
+        data = tensor_bytes(hidden.to(self.dtype))
+        payload = self.network.lane_request(self.node_id, KIND_STEP, header, data, STEP_TIMEOUT_S)
+        if payload is None:
+            request = self.network.request(self.node_id, KIND_STEP, header, data, STEP_TIMEOUT_S)
+            _, payload = self._call(request, STEP_TIMEOUT_S)
         return tensor_from_bytes(payload, self.dtype, hidden.shape[-1])
 
     def release(self, sequence_id: SequenceId) -> None:

@@ -70,7 +70,6 @@ class Route:
         return f"Route({self.name}: {hops})"
 
 
-
 class LocalHop:
     """Layers ``[start, end)`` of a segment hosted on this node, run by a function call."""
 

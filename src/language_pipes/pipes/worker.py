@@ -3,14 +3,17 @@
 It answers three messages from origins: ``pipe.open`` (reserve room for a new
 sequence, refused beyond ``max_node_jobs`` per origin), ``pipe.step`` (run a
 packed batch through a layer range and reply with the hidden states) and
-``pipe.release`` (free caches). Layer compute runs on one worker thread so the
-event loop keeps serving the network.
+``pipe.release`` (free caches). Steps arrive over step lanes (run on the lane
+thread, see network/lanes.py) or, from origins without a lane, over the peer
+network (run on a compute thread so the event loop keeps serving). One lock
+keeps the two from computing at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from language_pipes.engine.types import SequenceId
@@ -47,9 +50,11 @@ class LayerWorker:
         # True while the node is leaving: no new sequences; origins move the ones it holds.
         self.draining = False
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="layers")
+        self._compute_lock = threading.Lock()
         self._sweeper: asyncio.Task[None] | None = None
         network.register_handler(KIND_OPEN, self._on_open)
         network.register_handler(KIND_STEP, self._on_step)
+        network.register_lane_handler(KIND_STEP, self._run_step)
         network.register_handler(KIND_RELEASE, self._on_release)
 
     def host(self, model_id: str, segment: LayerSegment) -> None:
@@ -94,6 +99,11 @@ class LayerWorker:
     async def _on_step(self, sender: NodeId, header: Header, payload: bytes) -> Reply:
         if not isinstance(header, bytes):
             raise ValueError("pipe.step needs a binary header")
+        loop = asyncio.get_running_loop()
+        return b"", await loop.run_in_executor(self._compute, self._run_step, sender, header, payload)
+
+    def _run_step(self, sender: NodeId, header: bytes, payload: bytes) -> memoryview:
+        """Run one packed step for ``sender`` and return the output hidden states (off the event loop)."""
         step = decode_step(header)
         segment = self._segment_for(step.model_id, step.start_layer, step.end_layer)
         owned = self._owners.get(sender, set())
@@ -101,13 +111,9 @@ class LayerWorker:
         if unknown:
             raise LookupError(f"sequences not opened on this node: {', '.join(unknown)}")
         hidden = tensor_from_bytes(payload, step.dtype, step.hidden_size)
-
-        def run() -> memoryview:
+        with self._compute_lock:
             output = segment.forward(hidden, step.batch, step.start_layer, step.end_layer)
-            return tensor_bytes(output.to(step.dtype))
-
-        loop = asyncio.get_running_loop()
-        return b"", await loop.run_in_executor(self._compute, run)
+        return tensor_bytes(output.to(step.dtype))
 
     async def _on_release(self, sender: NodeId, header: Header, payload: bytes) -> Reply | None:
         owned = self._owners.get(sender, set())

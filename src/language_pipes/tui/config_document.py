@@ -37,6 +37,7 @@ NETWORK_RESTART_KEYS = frozenset(
     {
         "node_id",
         "peer_port",
+        "lane_port",
         "network_ip",
         "network_key",
         "whitelist_node_ids",

@@ -1,0 +1,53 @@
+"""PeerNetwork instances in the test's own process, on loopback, with real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest_asyncio
+
+from language_pipes.network.identity import NodeIdentity
+from language_pipes.network.peer_network import PeerNetwork
+
+Starter = Callable[..., Any]
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> float:
+    """Seconds it took for ``condition`` to hold; fails the test after ``timeout``."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+@pytest_asyncio.fixture
+async def start_node() -> AsyncIterator[Starter]:
+    """Start PeerNetworks on loopback; all of them are stopped when the test ends."""
+    started: list[PeerNetwork] = []
+
+    async def start(
+        name: str,
+        *,
+        identity: NodeIdentity | None = None,
+        bootstrap: tuple[PeerNetwork, ...] = (),
+        **options: Any,
+    ) -> PeerNetwork:
+        network = PeerNetwork(
+            identity or NodeIdentity.generate(name),
+            listen_host="127.0.0.1",
+            advertise_ip="127.0.0.1",
+            bootstrap=[("127.0.0.1", peer.peer_port) for peer in bootstrap],
+            **options,
+        )
+        await network.start()
+        started.append(network)
+        return network
+
+    yield start
+    for network in started:
+        await network.stop(announce=False)
