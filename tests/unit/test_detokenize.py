@@ -71,6 +71,29 @@ def test_chat_answer_round_trips(tokenizer: PreTrainedTokenizerBase) -> None:
     assert "".join(stream(tokenizer, ids)) == answer
 
 
+def test_each_push_decodes_a_short_window_however_long_the_output(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    """Decoding the whole output on every token would cost O(n) per token, O(n²) per answer."""
+    text = " ".join(TEXTS) * 8
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert len(ids) > 600
+    longest: list[int] = []
+    original_decode = tokenizer.decode
+
+    def measuring_decode(token_ids: list[int], **options: object) -> str:
+        longest.append(len(token_ids))
+        return original_decode(token_ids, **options)
+
+    tokenizer.decode = measuring_decode  # type: ignore[method-assign]
+    try:
+        deltas = stream(tokenizer, ids)
+    finally:
+        del tokenizer.decode
+    assert "".join(deltas) == text
+    assert max(longest) <= 8  # a few ids of context plus a character split over tokens
+
+
 # -- stop strings ---------------------------------------------------------------------------
 
 

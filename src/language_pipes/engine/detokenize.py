@@ -14,23 +14,33 @@ _REPLACEMENT = "\ufffd"
 
 
 class IncrementalDetokenizer:
-    """Yields the new, final text after each generated token."""
+    """Yields the new, final text after each generated token.
+
+    Each push decodes a short window, not the whole output: the ids not yet
+    released plus the ids released last, as context for how the new ones join
+    (a leading space, a character split over tokens). The cost per token stays
+    flat however long the output grows.
+    """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self._tokenizer = tokenizer
         self._ids: list[int] = []
-        self._released = 0
-        self._text = ""
+        self._context_start = 0  # the window starts here
+        self._released_end = 0  # ids before this one are released as text
 
     def push(self, token_id: int) -> str:
         self._ids.append(token_id)
-        text = self._tokenizer.decode(self._ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        if text.endswith(_REPLACEMENT) or not text.startswith(self._text[: self._released]):
+        context = self._decode(self._ids[self._context_start : self._released_end])
+        window = self._decode(self._ids[self._context_start :])
+        if window.endswith(_REPLACEMENT) or not window.startswith(context):
             return ""  # an incomplete multi-byte character: wait for the next token
-        self._text = text
-        new = text[self._released :]
-        self._released = len(text)
-        return new
+        self._context_start, self._released_end = self._released_end, len(self._ids)
+        return window[len(context) :]
+
+    def _decode(self, ids: list[int]) -> str:
+        if not ids:
+            return ""
+        return self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
 class StopMatcher:
