@@ -5,7 +5,10 @@ Anchors, each measured with the same client load (see ``anchors/load.py``):
 - ``transformers serve --continuous-batching`` (one process, paged attention);
 - this project with 1, 2 and 3 nodes on 127.0.0.1;
 - Language Pipes 2.5.0 from PyPI (own virtualenv), 2 nodes: end model | layers;
-- llama.cpp via llama-cpp-python (own virtualenv) on the default model's Q4_1 GGUF.
+- llama.cpp via llama-cpp-python (own virtualenv) on the default model's Q4_1 GGUF;
+- one core per process: transformers ``generate`` pinned to core 0 and our 2 nodes pinned to
+  cores 0 and 1, one thread each, as if every node had a machine of its own (on a 2-core machine
+  the shared-core columns make two nodes take turns on the same cores).
 Metrics: TTFT, decode ms/token, aggregate tok/s at 1/4/16 concurrent streams, TTFT of a
 2,000-token prompt idle and while 8 streams decode, peak RSS of every process.
 An anchor that cannot be set up is reported with the reason, never dropped.
@@ -29,16 +32,16 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from anchors import language_pipes_250, llama_cpp, this_project, transformers_serve, venvs  # noqa: E402
+from anchors import language_pipes_250, llama_cpp, paired, this_project, transformers_serve, venvs  # noqa: E402
 from anchors.load import LoadClient, LoadPlan, long_prompt_text, run_plan  # noqa: E402
-from anchors.report import plot, table, targets  # noqa: E402
+from anchors.report import paired_lines, plot, table, targets  # noqa: E402
 from anchors.servers import AnchorUnavailable, BenchSettings, RunningServer, thread_environment  # noqa: E402
 from language_pipes.models.store import DEFAULT_MODEL_ID, ModelStore  # noqa: E402
 
@@ -64,7 +67,19 @@ SERVED_ANCHORS: tuple[ServedAnchor, ...] = (
     ServedAnchor("llama_cpp", "llama.cpp (Q4_1)", llama_cpp.start),
 )
 REFERENCE_KEY = "transformers"
-ALL_KEYS = (REFERENCE_KEY, *(anchor.key for anchor in SERVED_ANCHORS))
+PINNED_REFERENCE_KEY = "transformers_1core"
+PINNED_TWO_NODES = ServedAnchor(
+    "this_2_1core", "ours, 2 nodes, 1 core each", lambda settings: this_project.start(settings, 2)
+)
+# Alternating rounds of the reference and our 2 nodes, single stream (anchors/paired.py).
+PAIRED_KEYS = {"paired": False, "paired_1core": True}  # key -> one core per process
+ALL_KEYS = (
+    REFERENCE_KEY,
+    *(anchor.key for anchor in SERVED_ANCHORS),
+    PINNED_REFERENCE_KEY,
+    PINNED_TWO_NODES.key,
+    *PAIRED_KEYS,
+)
 
 
 def plan_for(quick: bool) -> tuple[LoadPlan, int]:
@@ -91,6 +106,7 @@ def run_reference(settings: BenchSettings, plan: LoadPlan, long_tokens: int) -> 
             text=True,
             timeout=plan.phase_timeout_s * 2,
             env=thread_environment(settings.threads),
+            preexec_fn=(lambda: os.sched_setaffinity(0, {0})) if settings.core_per_process else None,
         )
     except subprocess.TimeoutExpired:
         # a reference too slow for the budget is reported, not waited on forever
@@ -99,7 +115,10 @@ def run_reference(settings: BenchSettings, plan: LoadPlan, long_tokens: int) -> 
         return {"status": "failed", "reason": completed.stderr.strip().splitlines()[-1:]}
     return {
         "status": "ok",
-        "notes": [f"torch threads={settings.threads}", "batched: B identical prompts"],
+        "notes": [
+            f"torch threads={settings.threads}" + (", pinned to core 0" if settings.core_per_process else ""),
+            "batched: B identical prompts",
+        ],
     } | json.loads(completed.stdout.strip().splitlines()[-1])
 
 
@@ -215,6 +234,24 @@ def run_suite(args: argparse.Namespace) -> dict[str, object]:
                 )
                 outcome = anchors[anchor.key]
                 print(f"  {outcome['status']} {outcome.get('reason') or ''}", flush=True)  # type: ignore[index]
+        pinned = replace(settings, threads=1, core_per_process=True)
+        if PINNED_REFERENCE_KEY in wanted:
+            print("transformers generate, 1 thread on core 0 ...", flush=True)
+            anchors[PINNED_REFERENCE_KEY] = {"label": "transformers generate, 1 core"} | run_reference(
+                pinned, plan, long_tokens
+            )
+        if PINNED_TWO_NODES.key in wanted:
+            print(f"{PINNED_TWO_NODES.label} ...", flush=True)
+            anchors[PINNED_TWO_NODES.key] = {"label": PINNED_TWO_NODES.label} | run_served(
+                PINNED_TWO_NODES, pinned, plan, client_args
+            )
+        for key, core_per_process in PAIRED_KEYS.items():
+            if key in wanted:
+                print(f"paired single streams, transformers and ours, 2 nodes ({key}) ...", flush=True)
+                chosen = pinned if core_per_process else settings
+                results.setdefault("paired", {})[key] = paired.measure(  # type: ignore[union-attr]
+                    chosen, lambda s: this_project.start(s, 2), client_args, plan.tokens
+                )
     results["load_average_at_end"] = round(os.getloadavg()[0], 1)
     return results
 
@@ -241,6 +278,8 @@ def main() -> None:
     print()
     print(table(results))
     print()
+    if paired_text := paired_lines(results):
+        print(paired_text + "\n")
     print(targets(results))
     print(f"\nwritten {args.output} and {picture}")
 

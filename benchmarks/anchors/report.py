@@ -115,6 +115,31 @@ def _check(label: str, value: float | None, floor: float | None = None, ceiling:
     return f"- {label}: {value:.2f}× (target {bound}) {'PASS' if passed else 'FAIL'}"
 
 
+def _paired_ratio(results: Results, key: str) -> float | None:
+    measured = results.get("paired", {}).get(key, {})
+    return float(measured["ratio"]) if measured.get("status") == "ok" else None
+
+
+def paired_lines(results: Results) -> str:
+    """One line per alternating-rounds measurement: medians, the ratio and each round."""
+    lines = []
+    for key, measured in results.get("paired", {}).items():
+        if measured.get("status") != "ok":
+            lines.append(f"- {key}: {measured.get('status')}: {measured.get('reason')}")
+            continue
+        rounds = ", ".join(
+            f"{r['reference_tpot_ms']:.1f}/{r['ours_tpot_ms']:.1f}" for r in measured["rounds"]
+        )
+        lines.append(
+            f"- {key} ({'; '.join(measured.get('notes') or [])}): transformers "
+            f"{measured['reference_tpot_ms']:.1f} ms/token, ours {measured['ours_tpot_ms']:.1f} ms/token, "
+            f"median ratio {measured['ratio']:.2f}× (rounds, transformers/ours ms: {rounds})"
+        )
+    return (
+        "\n".join(["Single stream, 2 nodes and transformers in alternating rounds:", *lines]) if lines else ""
+    )
+
+
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator if numerator is not None and denominator else None
 
@@ -124,10 +149,21 @@ def targets(results: Results) -> str:
     top = max(results["plan"]["concurrency"])
     suffix = "" if top == 16 else f" (quick run: at {top} streams, not 16)"
     reference_tpot, two_tpot = _single_tpot(results, "transformers"), _single_tpot(results, "this_2")
+    pinned_reference, pinned_two = (
+        _single_tpot(results, "transformers_1core"),
+        _single_tpot(results, "this_2_1core"),
+    )
     long_prompt = _phase(results["anchors"].get("this_2", {}), "long_prompt").get("loaded_over_idle")
     lines = [
         "Targets (issue 5), this run:" + suffix,
         _check("2-node single-stream decode vs transformers generate", _ratio(reference_tpot, two_tpot), 0.9),
+        _check("same, measured in alternating rounds", _paired_ratio(results, "paired"), 0.9),
+        _check(
+            "same, one core per process (each node on a core of its own, reference on one core)",
+            _ratio(pinned_reference, pinned_two),
+            0.9,
+        ),
+        _check("same, one core per process, alternating rounds", _paired_ratio(results, "paired_1core"), 0.9),
         _check(
             f"2 nodes, {top} streams vs our single stream",
             _ratio(_aggregate(results, "this_2", top), _aggregate(results, "this_2", 1)),
@@ -166,8 +202,9 @@ def plot(results: Results, path: Path) -> None:
         measured = [(c, v) for c, v in points if v is not None]
         if not measured:
             continue
-        style = "--" if key == "transformers" else "-"
-        label = anchor["label"] + (" (batch = streams)" if key == "transformers" else "")
+        reference = key.startswith("transformers") and key != "transformers_serve"
+        style = "--" if reference else "-"
+        label = anchor["label"] + (" (batch = streams)" if reference else "")
         axes.plot([c for c, _ in measured], [v for _, v in measured], style, marker="o", label=label)
     missing = [a["label"] for a in results["anchors"].values() if a.get("status") != "ok"]
     axes.set_xscale("log", base=2)

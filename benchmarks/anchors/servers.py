@@ -36,6 +36,8 @@ class BenchSettings:
     max_concurrency: int
     context_tokens: int  # the longest one sequence gets (llama.cpp n_ctx)
     kv_pool_tokens: int  # KV capacity shared by all sequences (transformers serve paged cache)
+    # Each process on a core of its own (process i on core i), as if each had a machine to itself.
+    core_per_process: bool = False
 
 
 def free_port() -> int:

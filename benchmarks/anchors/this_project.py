@@ -19,7 +19,10 @@ NodeCount = Literal[1, 2, 3]
 
 
 def start(settings: BenchSettings, nodes: NodeCount) -> RunningServer:
-    cluster = LocalCluster(settings.scratch / f"this_project_{nodes}", settings.threads)
+    pinned = "_pinned" if settings.core_per_process else ""
+    cluster = LocalCluster(
+        settings.scratch / f"this_project_{nodes}{pinned}", settings.threads, settings.core_per_process
+    )
     model = settings.model_id
     try:
         end = cluster.start(
@@ -44,7 +47,10 @@ def start(settings: BenchSettings, nodes: NodeCount) -> RunningServer:
         model=model,
         processes={f"node {node.name}": node.process for node in cluster.nodes},
         logs={f"node {node.name}": cluster.folder / f"{node.name}.log" for node in cluster.nodes},
-        notes=[f"{nodes} node(s), torch_threads={settings.threads} each"],
+        notes=[
+            f"{nodes} node(s), torch_threads={settings.threads} each"
+            + (", node i pinned to core i" if settings.core_per_process else "")
+        ],
         on_stop=cluster.stop,
     )
     try:
