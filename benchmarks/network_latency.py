@@ -1,9 +1,11 @@
-"""Round-trip latency of the peer network on loopback, next to raw ZeroMQ.
+"""Round-trip latency of the peer network and of a step lane on loopback, next to raw ZeroMQ.
 
 An echo node runs in a child process; this process sends requests of 1 KB and
 about 1 MB and times each reply. "per hop" is half the round trip (one sealed
 message each way). The raw ZeroMQ rows (DEALER to ROUTER, no handshake, no
-encryption) show what the network layer adds on top of the engine.
+encryption) show what the network layer adds on top of the engine; the step
+lane rows are what a pipe step pays (sent from a thread, answered on the echo
+node's lane thread, no event loop on either side).
 
     python benchmarks/network_latency.py [--iterations N]
 
@@ -55,6 +57,7 @@ async def serve_echo(mode: str, network_key_hex: str) -> None:
         return b"", payload
 
     network.register_handler("echo", echo)
+    network.register_lane_handler("echo", lambda sender, header, payload: payload)
     await network.start()
     print(f"READY {network.peer_port}", flush=True)
     await asyncio.Event().wait()
@@ -81,7 +84,10 @@ def summarize(samples: list[float]) -> dict[str, float]:
     }
 
 
-async def time_peer_network(port: int, network_key: bytes | None, size: int, iterations: int) -> list[float]:
+async def time_peer_network(
+    port: int, network_key: bytes | None, size: int, iterations: int, lane: bool = False
+) -> list[float]:
+    """Round trips through the event loop (``request``) or, with ``lane``, from a thread over a step lane."""
     client = PeerNetwork(
         NodeIdentity.generate(f"client-{size}"),
         listen_host="127.0.0.1",
@@ -96,6 +102,8 @@ async def time_peer_network(port: int, network_key: bytes | None, size: int, ite
                 raise RuntimeError("the echo node did not join within 10 s")
             await asyncio.sleep(0.01)
         payload = os.urandom(size)
+        if lane:
+            return await asyncio.to_thread(time_lane, client, payload, iterations)
         samples = []
         for index in range(iterations + 10):
             started = time.perf_counter()
@@ -106,6 +114,18 @@ async def time_peer_network(port: int, network_key: bytes | None, size: int, ite
         return samples
     finally:
         await client.stop()
+
+
+def time_lane(client: PeerNetwork, payload: bytes, iterations: int) -> list[float]:
+    """From one thread, as a scheduler thread sends its steps."""
+    samples = []
+    for index in range(iterations + 10):
+        started = time.perf_counter()
+        reply = client.lane_request(NodeId("echo"), "echo", b"", payload, 10.0)
+        if index >= 10:
+            samples.append(time.perf_counter() - started)
+        assert reply is not None and len(reply) == len(payload)
+    return samples
 
 
 async def time_raw_zeromq(port: int, size: int, iterations: int) -> list[float]:
@@ -135,15 +155,16 @@ async def run(iterations: int) -> list[dict[str, Any]]:
         ("raw ZeroMQ (no crypto)", "raw", None),
         ("peer network, no network_key", "peer", None),
         ("peer network, network_key", "peer", network_key),
+        ("step lane, network_key", "lane", network_key),
     ):
-        child, port = start_child(mode, key.hex() if key else "")
+        child, port = start_child("raw" if mode == "raw" else "peer", key.hex() if key else "")
         try:
             for label, size in PAYLOAD_SIZES.items():
                 count = iterations if size <= 65536 else max(20, iterations // 10)
                 if mode == "raw":
                     samples = await time_raw_zeromq(port, size, count)
                 else:
-                    samples = await time_peer_network(port, key, size, count)
+                    samples = await time_peer_network(port, key, size, count, lane=mode == "lane")
                 rows.append({"transport": transport, "payload": label, "bytes": size, **summarize(samples)})
         finally:
             child.kill()

@@ -269,19 +269,27 @@ def main() -> None:
         "--retry-setup", action="store_true", help="retry virtualenv builds that failed before"
     )
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "suite.json")
+    parser.add_argument("--report", type=Path, help="print an earlier run's table; measure nothing")
     args = parser.parse_args()
+    if args.report:
+        report(json.loads(args.report.read_text()))
+        return
     results = run_suite(args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2))
     picture = args.output.with_suffix(".png")
     plot(results, picture)
+    report(results)
+    print(f"\nwritten {args.output} and {picture}")
+
+
+def report(results: dict[str, object]) -> None:
     print()
     print(table(results))
     print()
     if paired_text := paired_lines(results):
         print(paired_text + "\n")
     print(targets(results))
-    print(f"\nwritten {args.output} and {picture}")
 
 
 if __name__ == "__main__":

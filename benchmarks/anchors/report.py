@@ -112,7 +112,7 @@ def _check(label: str, value: float | None, floor: float | None = None, ceiling:
         return f"- {label}: not measured"
     passed = (floor is None or value >= floor) and (ceiling is None or value <= ceiling)
     bound = f"≥ {floor}" if floor is not None else f"≤ {ceiling}"
-    return f"- {label}: {value:.2f}× (target {bound}) {'PASS' if passed else 'FAIL'}"
+    return f"- {label}: {value:.3g}× (target {bound}) {'PASS' if passed else 'FAIL'}"
 
 
 def _paired_ratio(results: Results, key: str) -> float | None:
@@ -133,7 +133,7 @@ def paired_lines(results: Results) -> str:
         lines.append(
             f"- {key} ({'; '.join(measured.get('notes') or [])}): transformers "
             f"{measured['reference_tpot_ms']:.1f} ms/token, ours {measured['ours_tpot_ms']:.1f} ms/token, "
-            f"median ratio {measured['ratio']:.2f}× (rounds, transformers/ours ms: {rounds})"
+            f"median ratio {measured['ratio']:.3f}× (rounds, transformers/ours ms: {rounds})"
         )
     return (
         "\n".join(["Single stream, 2 nodes and transformers in alternating rounds:", *lines]) if lines else ""

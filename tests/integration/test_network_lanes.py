@@ -19,6 +19,7 @@ import zmq
 from language_pipes.network.lanes import STATUS_UNKNOWN, LaneClient, ReplyPrefix, RequestPrefix
 from language_pipes.network.peer_network import PeerNetwork
 from language_pipes.network.types import NodeId, PeerLostError, PeerRequestFailed
+from support.node_process import free_port
 from support.peers import Starter, wait_until
 
 pytestmark = pytest.mark.asyncio
@@ -66,6 +67,14 @@ async def test_a_failing_handler_reaches_the_origin_as_a_clear_error(start_node:
         await asyncio.to_thread(b.lane_request, NodeId("a"), "step", b"", b"x", 5.0)
     a.register_lane_handler("step", reversing_handler([]))
     assert await asyncio.to_thread(b.lane_request, NodeId("a"), "step", b"", b"ab", 5.0) == b"ba"
+
+
+async def test_a_configured_lane_port_is_bound_and_announced(start_node: Starter) -> None:
+    port = free_port()
+    a, b = await pair(start_node, lane_port=port)
+    assert b.records()[NodeId("a")].lane_port == port
+    a.register_lane_handler("echo", reversing_handler([]))
+    assert await asyncio.to_thread(b.lane_request, NodeId("a"), "echo", b"", b"xy", 5.0) == b"yx"
 
 
 async def test_a_node_without_lanes_gets_none_so_the_peer_network_carries_it(start_node: Starter) -> None:

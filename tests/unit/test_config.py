@@ -28,6 +28,7 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
     ("bool_as_int", 'node_id = "a"\nmax_api_jobs = true\n', "max_api_jobs: must be an integer"),
     ("unknown_key", 'node_id = "a"\njb_port = 8000\n', "unknown key 'jb_port'"),
     ("port_high", 'node_id = "a"\npeer_port = 70000\n', "peer_port: must be between 1 and 65535 (got 70000)"),
+    ("lane_port_zero", 'node_id = "a"\nlane_port = 0\n', "lane_port: must be between 1 and 65535 (got 0)"),
     ("port_zero", 'node_id = "a"\njob_port = 0\n', "job_port: must be between 1 and 65535 (got 0)"),
     ("key_not_hex", f'node_id = "a"\nnetwork_key = "{"zz" * 16}"\n', "network_key: must be 32 hexadecimal"),
     (
@@ -139,6 +140,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.job_port is None
     assert config.api_keys == ()
     assert (config.max_api_jobs, config.max_node_jobs, config.peer_port) == (5, 10, 5000)
+    assert config.lane_port is None  # any free port, announced by gossip
     assert config.network_ip == "127.0.0.1"
     assert config.network_key is None
     assert config.whitelist_node_ids == ()
