@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,9 @@ import pytest_asyncio
 from language_pipes.network.identity import NodeIdentity, load_or_create_identity
 from language_pipes.network.peer_network import PeerNetwork
 from language_pipes.network.types import NodeId
+from support.peers import wait_until
+
+TESTS_DIR = Path(__file__).resolve().parents[1]  # so the child, run as a script, imports support too
 
 pytestmark = pytest.mark.slow
 
@@ -48,15 +51,6 @@ async def _run_child(node_id: str, bootstrap_port: int) -> None:
     await asyncio.Event().wait()
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
-
-
 class ChildNodes:
     """Starts child node processes and kills whatever is left at the end."""
 
@@ -64,7 +58,8 @@ class ChildNodes:
         self.processes: list[asyncio.subprocess.Process] = []
 
     async def start(self, node_id: str, bootstrap_port: int, app_dir: Path) -> asyncio.subprocess.Process:
-        environment = {**os.environ, "LP_APP_DIR": str(app_dir)}
+        search_path = os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")]))
+        environment = {**os.environ, "LP_APP_DIR": str(app_dir), "PYTHONPATH": search_path}
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             __file__,
