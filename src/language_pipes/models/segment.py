@@ -17,6 +17,7 @@ from torch import nn
 
 from language_pipes.engine.types import SequenceId
 from language_pipes.models.attention import PackedLayout
+from language_pipes.models.fusion import fuse_projections
 from language_pipes.models.invariance import make_batch_invariant
 from language_pipes.models.kv_cache import SequenceCache
 from language_pipes.models.partial import ModelSource
@@ -71,6 +72,9 @@ class LayerSegment:
         self.batch_invariant = batch_invariant
         if batch_invariant:
             make_batch_invariant(self.layers)
+        else:  # batch-invariant mode pads single rows per nn.Linear, so it keeps them separate
+            for layer in self.layers:
+                fuse_projections(layer)
         self.rotary = source.rotary(device)
         self._caches: dict[SequenceId, SequenceCache] = {}
         self._last_used: dict[SequenceId, float] = {}
