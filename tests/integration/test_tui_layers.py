@@ -154,8 +154,10 @@ async def test_unloading_layers_under_a_stream_moves_it_to_another_copy(
         def read_stream() -> None:
             chunks = client.chat.completions.create(
                 model=DEFAULT_MODEL,
-                messages=[{"role": "user", "content": "Count from one to one hundred in words."}],
+                # Greedy here runs past 80 tokens, so the stream is still going when a layer node unloads.
+                messages=[{"role": "user", "content": "Write a long story about a lighthouse keeper."}],
                 max_tokens=80,
+                temperature=0,
                 stream=True,
             )
             for chunk in chunks:
