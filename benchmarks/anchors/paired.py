@@ -16,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from anchors.load import DECODE_PROMPT, LoadClient
-from anchors.reference import chat_ids
+from anchors.reference import chat_ids, generate_seconds
 from anchors.servers import AnchorUnavailable, BenchSettings, RunningServer
 
 ROUNDS = 5
@@ -38,21 +37,9 @@ class ReferenceDecoder:
         self.model = AutoModelForCausalLM.from_pretrained(settings.model_folder, dtype=torch.bfloat16).eval()
         self.ids = chat_ids(tokenizer, f"[request 0] {DECODE_PROMPT}")
 
-    def _timed(self, new_tokens: int) -> float:
-        start = time.perf_counter()
-        with torch.inference_mode():
-            self.model.generate(
-                self.ids,
-                attention_mask=torch.ones_like(self.ids),
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                do_sample=False,
-            )
-        return time.perf_counter() - start
-
     def tpot_ms(self, tokens: int) -> float:
-        first = self._timed(1)
-        return 1000 * (self._timed(tokens) - first) / (tokens - 1)
+        first = generate_seconds(self.model, self.ids, 1)
+        return 1000 * (generate_seconds(self.model, self.ids, tokens) - first) / (tokens - 1)
 
 
 def measure(

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from anchors.load import DECODE_PROMPT, long_prompt_text  # noqa: E402
@@ -32,6 +32,16 @@ def chat_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> torch.Tensor:
     return torch.tensor([tokenizer.encode(str(rendered), add_special_tokens=False)])
 
 
+def generate_seconds(model: PreTrainedModel, ids: torch.Tensor, new: int) -> float:
+    """Wall time of one greedy ``generate`` of exactly ``new`` tokens."""
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new, do_sample=False
+        )
+    return time.perf_counter() - start
+
+
 def measure(
     folder: Path, threads: int, tokens: int, batches: list[int], long_tokens: int
 ) -> dict[str, object]:
@@ -40,16 +50,7 @@ def measure(
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
 
     def timed(ids: torch.Tensor, new: int) -> float:
-        start = time.perf_counter()
-        with torch.inference_mode():
-            model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=new,
-                min_new_tokens=new,
-                do_sample=False,
-            )
-        return time.perf_counter() - start
+        return generate_seconds(model, ids, new)
 
     ids = chat_ids(tokenizer, f"[request 0] {DECODE_PROMPT}")
     timed(ids, 8)  # warm up kernels
