@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +17,6 @@ from language_pipes.api.errors import APIError
 from language_pipes.api.schemas import ChatCompletionRequest
 from language_pipes.engine.constraints import GrammarConstraint
 
-MODEL_DIR = Path(os.environ.get("LP_TEST_TOKENIZER_DIR", "/tmp/lp_models/smol"))
 WEATHER = {
     "type": "function",
     "function": {
@@ -36,12 +33,8 @@ class TokenizerOnly:
 
 
 @pytest.fixture(scope="module")
-def generator() -> TokenizerOnly:
-    if not (MODEL_DIR / "tokenizer.json").exists():
-        pytest.skip(f"no tokenizer at {MODEL_DIR}")
-    from transformers import AutoTokenizer
-
-    return TokenizerOnly(AutoTokenizer.from_pretrained(str(MODEL_DIR)))
+def generator(default_tokenizer: Any) -> TokenizerOnly:
+    return TokenizerOnly(default_tokenizer)
 
 
 def request(**fields: Any) -> ChatCompletionRequest:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,6 @@ from language_pipes.engine.constraints import (
     tool_call_schema,
 )
 
-MODEL_DIR = Path(os.environ.get("LP_TEST_TOKENIZER_DIR", "/tmp/lp_models/smol"))
 EOS = 2  # <|im_end|> in the default model
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -45,22 +43,16 @@ PERSON = {
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    if not (MODEL_DIR / "tokenizer.json").exists():
-        pytest.skip(f"no model at {MODEL_DIR}")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(MODEL_DIR))
+def tokenizer(default_tokenizer: Any) -> Any:
+    return default_tokenizer
 
 
 @pytest.fixture(scope="module")
-def model() -> Any:
-    if not (MODEL_DIR / "model.safetensors").exists():
-        pytest.skip(f"no model at {MODEL_DIR}")
+def model(default_model_dir: Path) -> Any:
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(1)
-    return AutoModelForCausalLM.from_pretrained(str(MODEL_DIR), dtype=torch.bfloat16).eval()
+    return AutoModelForCausalLM.from_pretrained(str(default_model_dir), dtype=torch.bfloat16).eval()
 
 
 def feed_text(tokenizer: Any, constraint: GrammarConstraint, text: str) -> bool:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from language_pipes.api.reasoning import (
@@ -16,8 +13,6 @@ from language_pipes.api.reasoning import (
     prompt_opens_reasoning,
     split_reasoning,
 )
-
-MODEL_DIR = Path(os.environ.get("LP_TEST_TOKENIZER_DIR", "/tmp/lp_models/smol"))
 
 SAMPLES = [
     "<think>\nThe user wants 2+2. That is 4.\n</think>\n\nThe answer is 4.",
@@ -119,12 +114,8 @@ def test_one_character_at_a_time_holds_back_at_most_a_tag() -> None:
 
 
 @pytest.fixture(scope="module")
-def tokenizer():  # type: ignore[no-untyped-def]
-    if not (MODEL_DIR / "tokenizer.json").exists():
-        pytest.skip(f"no tokenizer at {MODEL_DIR}")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(MODEL_DIR))
+def tokenizer(default_tokenizer):  # type: ignore[no-untyped-def]
+    return default_tokenizer
 
 
 def token_pieces(tokenizer, text: str) -> list[str]:  # type: ignore[no-untyped-def]
