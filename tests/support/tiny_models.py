@@ -200,7 +200,11 @@ class SplitModel:
 
 
 def open_split(
-    folder: Path, boundaries: tuple[int, ...], dtype: torch.dtype, end: EndModel | None = None
+    folder: Path,
+    boundaries: tuple[int, ...],
+    dtype: torch.dtype,
+    end: EndModel | None = None,
+    batch_invariant: bool = False,
 ) -> SplitModel:
     """Layers ``[0, boundaries[0])`` in the end model, then one segment per following boundary.
 
@@ -208,10 +212,17 @@ def open_split(
     """
     source = end.source if end is not None else ModelSource.open(folder)
     if end is None:
-        end = EndModel("test", folder, num_local_layers=boundaries[0], dtype=dtype, source=source)
-    assert end.local_layers.end == boundaries[0]
+        end = EndModel(
+            "test",
+            folder,
+            num_local_layers=boundaries[0],
+            dtype=dtype,
+            source=source,
+            batch_invariant=batch_invariant,
+        )
+    assert end.local_layers.end == boundaries[0] and end.batch_invariant == batch_invariant
     segments = [
-        LayerSegment(source, start, stop, dtype, torch.device("cpu"))
+        LayerSegment(source, start, stop, dtype, torch.device("cpu"), batch_invariant)
         for start, stop in zip(boundaries, boundaries[1:], strict=False)
     ]
     return SplitModel(end, segments)

@@ -77,6 +77,11 @@ def packed_attention(
         layer_cache = cache.layers[module.layer_idx]
         past = layer_cache.length
         keys, values = layer_cache.append(key[:, :, start:end], value[:, :, start:end])
+        if layout.batch_invariant:
+            outputs[index] = _row_by_row_attention(
+                module, query[:, :, start:end], keys, values, past, window, scaling, softcap
+            )
+            continue
         mask = _mask(length, past, window, query.device)
         if softcap is not None:
             output = _softcapped_attention(
@@ -88,6 +93,40 @@ def packed_attention(
             )
         outputs[index] = output
     return torch.cat(outputs, dim=1), None  # type: ignore[arg-type]
+
+
+def _row_by_row_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    past: int,
+    window: int | None,
+    scaling: float | None,
+    softcap: float | None,
+) -> torch.Tensor:
+    """Each query row attends exactly as a lone one-token decode step at its position would.
+
+    Attention kernels may round a row differently depending on how many query rows
+    share the call (seen with bf16 SDPA on AVX2-only CPUs: a prefill chunk and the
+    decode steps it replays differ in the last bits). One call per row, over exactly
+    the keys that row may see and with no mask, is the same call whether the row
+    arrives in a prefill chunk, a replay or a decode step.
+    """
+    rows = []
+    for offset in range(query.shape[2]):
+        end = past + offset + 1
+        begin = max(0, end - window) if window else 0
+        row = query[:, :, offset : offset + 1]
+        row_keys, row_values = keys[:, :, begin:end], values[:, :, begin:end]
+        if softcap is not None:
+            rows.append(_softcapped_attention(module, row, row_keys, row_values, None, scaling, softcap))
+        else:
+            output, _ = sdpa_attention_forward(
+                module, row, row_keys, row_values, None, dropout=0.0, scaling=scaling
+            )
+            rows.append(output)
+    return torch.cat(rows, dim=1)
 
 
 def _batched_decode(

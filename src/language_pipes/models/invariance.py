@@ -4,9 +4,14 @@ CPU matrix kernels take a different path for a single row (a matrix-vector
 product) than for two or more, and the two round differently in bfloat16. So a
 sequence decoded alone and the same sequence decoded beside others can drift
 apart at near-ties. With ``batch_invariant = true`` every linear layer sees at
-least two rows (a lone row is duplicated, the copy dropped), each sequence's
-attention runs on its own (as when alone), and prefill chunks start at
-fixed offsets. Greedy output then depends only on the sequence itself, which
+least two rows (a lone row is duplicated, the copy dropped), and attention
+runs one query row at a time over exactly the keys that row sees
+(models/attention.py), so a row's attention is the same call whether it comes
+in a decode step, a prefill chunk or a replay; prefill chunks also start at
+fixed offsets. The linear layers' multi-row kernels round each row
+independently of the others on both AVX-512 (oneDNN) and AVX2 (emulated bf16);
+attention kernels did not on AVX2, which is why attention goes row by row.
+Greedy output then depends only on the sequence itself, which
 is what lets a replay after a node loss, or a run under load, reproduce an
 undisturbed run exactly. It costs single-stream decode speed, and a lone
 sequence no longer follows transformers' single-row kernels bit for bit.
