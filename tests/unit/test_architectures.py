@@ -26,6 +26,9 @@ from support.tiny_models import (
     open_split,
 )
 
+# Rerun under a second CPU kernel family by scripts/test.sh (see README, Tests).
+pytestmark = pytest.mark.numerics
+
 DECODE_STEPS = 10
 PROMPT = [1, 17, 42, 99, 5, 63, 128, 7, 77, 31, 150, 12, 88, 3]  # longer than Gemma's sliding window
 OTHER_PROMPT = [1, 9, 140, 33, 61, 4, 120, 45, 18]

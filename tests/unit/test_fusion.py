@@ -21,6 +21,9 @@ from language_pipes.models.fusion import FusedProjection, fuse_projections
 from language_pipes.models.partial import ModelSource
 from support.tiny_models import default_model_folder
 
+# Rerun under a second CPU kernel family by scripts/test.sh (see README, Tests).
+pytestmark = pytest.mark.numerics
+
 
 @pytest.fixture(scope="module")
 def layers(model_store_dir: Path) -> tuple[nn.Module, nn.Module]:

@@ -22,6 +22,9 @@ from language_pipes.models.end_model import EndModel
 from language_pipes.models.segment import LayerSegment, SegmentBatch, UnknownSequenceError
 from support.tiny_models import SplitModel, default_model_folder, open_split
 
+# Rerun under a second CPU kernel family by scripts/test.sh (see README, Tests).
+pytestmark = pytest.mark.numerics
+
 NEW_TOKENS = 48
 CHATS: dict[str, list[dict[str, object]]] = {
     "capital": [{"role": "user", "content": "What is the capital of France?"}],
