@@ -11,14 +11,20 @@ sealed messages (:mod:`language_pipes.network.session`):
 * network-internal kinds (``lp.ping``, ``lp.gossip``, ``lp.leave``) keep the
   membership (:mod:`language_pipes.network.membership`) current.
 
-All of it runs on the caller's asyncio loop; ZeroMQ's own I/O thread is the
-only other thread.
+All of it runs on the caller's asyncio loop; ZeroMQ's own I/O thread and the
+step-lane thread are the only other threads.
+
+This module holds the lifecycle and the public API; the parts live beside it:
+:mod:`~language_pipes.network.connections` (sockets and connection state),
+:mod:`~language_pipes.network.receive` (every asyncio receive loop and its
+guard), :mod:`~language_pipes.network.handshake_flow`,
+:mod:`~language_pipes.network.gossip`, :mod:`~language_pipes.network.dispatch`,
+:mod:`~language_pipes.network.upkeep` and :mod:`~language_pipes.network.step_lanes`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -31,7 +37,6 @@ import zmq.asyncio
 
 from language_pipes.network.connections import (
     KIND_LEAVE,
-    KIND_PING,
     ConnectionsMixin,
     Handler,
     Header,
@@ -48,15 +53,16 @@ from language_pipes.network.connections import (
 from language_pipes.network.crypto import handshake_cipher
 from language_pipes.network.dispatch import DispatchMixin
 from language_pipes.network.gossip import GossipMixin
-from language_pipes.network.guard import FrameGuard, TokenBucket, supervise
+from language_pipes.network.guard import FrameGuard, TokenBucket
 from language_pipes.network.handshake_flow import HandshakeFlow
 from language_pipes.network.identity import NodeIdentity
-from language_pipes.network.lanes import LaneClients, LaneHandler, LaneRefused, LaneServer
+from language_pipes.network.lanes import LaneClients, LaneHandler, LaneServer
 from language_pipes.network.limits import CONNECT_BURST, CONNECT_RATE_PER_S, DEFAULT_MAX_MESSAGE_BYTES
 from language_pipes.network.membership import Membership, SignedRecord, sign_record
 from language_pipes.network.pins import PinnedKeys
 from language_pipes.network.receive import ReceiveLoops
 from language_pipes.network.session import Session
+from language_pipes.network.step_lanes import StepLanesMixin
 from language_pipes.network.types import (
     RESERVED_KIND_PREFIX,
     HostedSegment,
@@ -64,17 +70,19 @@ from language_pipes.network.types import (
     NodeId,
     NodeRecord,
     NotWhitelistedError,
-    PeerLostError,
     PeerRequestTimeout,
     PeerUnavailableError,
 )
+from language_pipes.network.upkeep import UpkeepMixin
 
 __all__ = ["Handler", "Header", "PeerNetwork", "Reply"]
 
 logger = logging.getLogger(__name__)
 
 
-class PeerNetwork(ReceiveLoops, HandshakeFlow, GossipMixin, DispatchMixin, ConnectionsMixin):
+class PeerNetwork(
+    ReceiveLoops, HandshakeFlow, GossipMixin, DispatchMixin, ConnectionsMixin, UpkeepMixin, StepLanesMixin
+):
     """One node's membership in the peer-to-peer network.
 
     ``failure_timeout_s`` bounds how long a silent peer stays listed: it is
@@ -313,74 +321,6 @@ class PeerNetwork(ReceiveLoops, HandshakeFlow, GossipMixin, DispatchMixin, Conne
             self._pending.pop(correlation_id, None)
         return reply_header, bytes(reply_payload)
 
-    # ----------------------------------------------------------------- step lanes
-
-    def register_lane_handler(self, kind: str, handler: LaneHandler) -> None:
-        """Answer lane requests of ``kind`` with ``handler(sender, header, payload) -> reply payload``.
-
-        Handlers run one at a time on the lane thread, not on the event loop.
-        """
-        self._lane_handlers[kind] = handler
-        if self._lane_server is not None:
-            self._lane_server.register(kind, handler)
-
-    def lane_request(
-        self, node_id: NodeId, kind: str, header: bytes, payload: bytes | memoryview, timeout: float
-    ) -> bytes | None:
-        """Send a request over this thread's lane to ``node_id`` and block until the reply payload.
-
-        Call it from a thread other than the event loop. Returns None when the
-        peer offers no usable lane: send the message with :meth:`request` then.
-        Raises like :meth:`request` otherwise.
-        """
-        if self._lane_clients is None:
-            return None
-        session = self._session_to(node_id)
-        signed = self._membership.record_of(node_id)
-        if signed is None or signed.record.lane_port is None:
-            return None
-        client = self._lane_clients.for_peer(session, signed.record.address, signed.record.lane_port)
-        if client is None:
-            return None
-        try:
-            return client.request(kind, header, payload, timeout, lambda: self._lane_peer_problem(node_id))
-        except LaneRefused as error:
-            logger.info("%s; sending over the peer network", error)
-            self._lane_clients.discard(node_id)
-            return None
-        except PeerLostError:
-            self._lane_clients.discard(node_id)
-            raise
-
-    def _start_lanes(self, port: int) -> None:
-        self._lane_context = zmq.Context()
-        self._lane_server = LaneServer(
-            self._lane_context,
-            self._listen_host,
-            port,
-            self._inbound_session,
-            guard=self._guard,
-            max_message_bytes=self._max_message_bytes,
-        )
-        for kind, handler in self._lane_handlers.items():
-            self._lane_server.register(kind, handler)
-        self._lane_server.start()
-        self._lane_clients = LaneClients(self._lane_context, self._max_message_bytes)
-        logger.info("step lanes on %s:%d", self._listen_host, self._lane_server.port)
-
-    def _inbound_session(self, lane_tag: bytes) -> Session | None:
-        """The open inbound session named by ``lane_tag`` (read from the lane thread)."""
-        for state in list(self._inbound.values()):
-            session = state.session
-            if session is not None and session.lane_tag == lane_tag:
-                return session if self._membership.allows(session.peer_id) else None
-        return None
-
-    def _lane_peer_problem(self, node_id: NodeId) -> str | None:
-        if not self._running:
-            return "the network was stopped"
-        return None if self._membership.is_live(node_id) else "it stopped answering"
-
     # ----------------------------------------------------------------- own record & observers
 
     def _sign_own_record(self) -> None:
@@ -424,60 +364,3 @@ class PeerNetwork(ReceiveLoops, HandshakeFlow, GossipMixin, DispatchMixin, Conne
         if connection is None or connection.session is None or not self._membership.is_connected(node_id):
             raise PeerUnavailableError(f"node {node_id!r} is not a live peer")
         return connection.session
-
-    # ----------------------------------------------------------------- failure detection & upkeep
-
-    def _drop_peer(self, node_id: NodeId, reason: str) -> None:
-        was_live = self._membership.drop(node_id, time.monotonic())
-        connection = self._peer_connections.pop(node_id, None)
-        if connection is not None:
-            self._close_connection(connection)
-        for routing_id, state in list(self._inbound.items()):
-            if state.session is not None and state.session.peer_id == node_id:
-                del self._inbound[routing_id]
-        for pending_node, future in self._pending.values():
-            if pending_node == node_id and not future.done():
-                future.set_exception(PeerLostError(f"node {node_id!r} was lost: {reason}"))
-        if was_live:
-            logger.warning("lost node %r: %s", node_id, reason)
-            self._notify(self._local.observers_lost, node_id)
-            self._notify_records_changed()
-
-    async def _supervised_maintain(self) -> None:
-        await supervise("the upkeep loop", self._maintain, self._guard, lambda: self._running)
-
-    async def _maintain(self) -> None:
-        """Heartbeats, failure detection, bootstrap retries, record expiry and gossip, every interval."""
-        gossip_every = max(1, round(1.0 / self._heartbeat_interval_s))
-        for tick in itertools.count():
-            now = time.monotonic()
-            # Checked once per tick, so a peer silent for (timeout - tick) is dropped by the timeout.
-            silence_limit = self.failure_timeout_s - self._heartbeat_interval_s
-            for node_id in self._membership.silent_peers(now, silence_limit):
-                self._drop_peer(node_id, f"no answer for {self.failure_timeout_s:g} s")
-            self._retry_bootstrap(now)
-            self._expire_records(now)
-            for connection in list(self._peer_connections.values()):
-                self._send_heartbeat(connection)
-            if tick % gossip_every == 0 or self._gossip_now.is_set():
-                self._gossip_now.clear()
-                for connection in list(self._peer_connections.values()):
-                    self._push_gossip(connection)
-            with contextlib.suppress(TimeoutError):
-                # Timing out is the normal way to the next tick; the event only makes gossip come sooner.
-                await asyncio.wait_for(self._gossip_now.wait(), self._heartbeat_interval_s)
-
-    def _send_heartbeat(self, connection: OutboundConnection) -> None:
-        if connection.session is None:
-            return
-        # No connected pipe (peer down) or queue full: the missing answer is what failure detection sees.
-        send_if_possible(connection, KIND_PING, "request", b"")
-
-    def _retry_bootstrap(self, now: float) -> None:
-        for (address, port), schedule in self._bootstrap.items():
-            if (address, port) in self._outbound or now < schedule.next_attempt:
-                continue
-            if schedule.resolved_id is not None and self._membership.is_connected(schedule.resolved_id):
-                continue
-            schedule.next_attempt = now + 1.0
-            self._open_connection(address, port, None)
