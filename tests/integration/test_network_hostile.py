@@ -18,13 +18,17 @@ from typing import Any
 import pytest
 import zmq
 import zmq.asyncio
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from language_pipes.network.crypto import _COUNTER_NONCE, derive_lane_keys
 from language_pipes.network.handshake import Greeting
 from language_pipes.network.identity import NodeIdentity
+from language_pipes.network.lanes import RequestPrefix
 from language_pipes.network.membership import SignedRecord, sign_record
 from language_pipes.network.peer_network import PeerNetwork
-from language_pipes.network.types import HostedSegment, NodeId, NodeRecord
-from language_pipes.network.wire import encode_handshake_envelope
+from language_pipes.network.session import data_associated_bytes
+from language_pipes.network.types import HostedSegment, NodeId, NodeRecord, PeerRequestTimeout
+from language_pipes.network.wire import encode_data_envelope, encode_handshake_envelope
 from support.peers import Starter, wait_until
 
 pytestmark = pytest.mark.asyncio
@@ -170,3 +174,44 @@ async def test_an_unauthenticated_refuse_does_not_tear_down_a_session(
     assert b.is_live(NodeId("a"))
     header, _ = await b.request(NodeId("a"), "echo", {}, b"", timeout=3.0)
     assert header == {"from": "b"}
+
+
+def _sealed_at_last_counter(key_cipher: Any, associated: bytes) -> bytes:
+    """A part that authenticates at counter 2**64 - 1, the last one a nonce can hold."""
+    return key_cipher.encrypt(_COUNTER_NONCE.pack(2**64 - 1), b"\x01\x00" + b"\x00" * 8, associated)
+
+
+async def test_a_member_sending_the_last_counter_cannot_stop_the_peer_port(start_node: Starter) -> None:
+    a, b = await pair(start_node)
+    connection = b._peer_connections[NodeId("a")]
+    assert connection.session is not None
+    associated = data_associated_bytes("b", "echo")
+    sealed = _sealed_at_last_counter(connection.session._sending._cipher, associated)
+    await connection.socket.send_multipart([encode_data_envelope(2**64 - 1, "echo"), sealed, b"\x00" * 16])
+    await asyncio.sleep(0.3)
+    await assert_still_serving(a, b, start_node, "c")
+
+
+async def test_a_member_sending_the_last_counter_cannot_stop_the_lane_thread(start_node: Starter) -> None:
+    a, b = await pair(start_node, network_key=b"k" * 16)
+    a.register_lane_handler("echo", lambda sender, header, payload: payload)
+    assert await asyncio.to_thread(b.lane_request, NodeId("a"), "echo", b"", b"one", 5.0) == b"one"
+    session = b._peer_connections[NodeId("a")].session
+    assert session is not None and a._lane_server is not None
+    prefix = RequestPrefix(session.lane_tag, 7, 2**64 - 1, "echo")
+    request_key, _ = derive_lane_keys(session.lane_root, "b", 7)
+    sealed = _sealed_at_last_counter(ChaCha20Poly1305(request_key), prefix.encode())
+    async with raw_dealer(a._lane_server.port) as hostile:
+        await hostile.send_multipart([prefix.encode(), sealed, b"\x00" * 16])
+        await asyncio.sleep(0.3)
+    assert await asyncio.to_thread(b.lane_request, NodeId("a"), "echo", b"", b"two", 5.0) == b"two"
+
+
+async def test_an_oversized_frame_costs_the_sender_its_connection_only(start_node: Starter) -> None:
+    a, b = await pair(start_node, max_message_bytes=1 << 16)
+    async with raw_dealer(a.peer_port) as hostile:
+        await hostile.send_multipart([encode_handshake_envelope("hello", sealed=False), b" " * (1 << 20)])
+        await asyncio.sleep(0.3)
+    await assert_still_serving(a, b, start_node, "c")
+    with pytest.raises(PeerRequestTimeout):  # b's own oversized request is cut off too, not delivered
+        await b.request(NodeId("a"), "echo", {}, b"x" * (1 << 17), timeout=1.0)

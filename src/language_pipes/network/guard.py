@@ -145,7 +145,7 @@ class TokenBucket:
 
     def take(self, now: float | None = None) -> bool:
         current = time.monotonic() if now is None else now
-        self._tokens = min(self._burst, self._tokens + (current - self._updated) * self._rate)
+        self._tokens = min(self._burst, self._tokens + max(0.0, current - self._updated) * self._rate)
         self._updated = current
         if self._tokens < 1.0:
             return False
