@@ -21,6 +21,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from language_pipes.network.crypto import FrameRejected
+from language_pipes.network.wire import MalformedFrame
+
 # At most LOG_BURST log lines per reason in each LOG_INTERVAL_S (the first ones always go out).
 LOG_INTERVAL_S = 10.0
 LOG_BURST = 20
@@ -109,7 +112,14 @@ def _short(error: BaseException) -> str:
 
 
 # Drops that are the sender's fault and need no traceback in the log.
-_EXPECTED_DROP_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError, RecursionError)
+_EXPECTED_DROP_ERRORS: tuple[type[BaseException], ...] = (
+    MalformedFrame,
+    FrameRejected,
+    ValueError,
+    TypeError,
+    KeyError,
+    RecursionError,
+)
 
 
 async def supervise(
