@@ -215,3 +215,12 @@ async def test_an_oversized_frame_costs_the_sender_its_connection_only(start_nod
     await assert_still_serving(a, b, start_node, "c")
     with pytest.raises(PeerRequestTimeout):  # b's own oversized request is cut off too, not delivered
         await b.request(NodeId("a"), "echo", {}, b"x" * (1 << 17), timeout=1.0)
+
+
+async def test_a_real_node_behind_a_burst_of_junk_records_is_still_dialled(start_node: Starter) -> None:
+    a, b = await pair(start_node)
+    lone = await start_node("lone")
+    assert lone._own_record is not None
+    junk = [record_of(NodeIdentity.generate(f"junk-{i}"), port=3000 + i).to_wire() for i in range(60)]
+    await gossip(b, "a", [*junk, lone._own_record.to_wire()])
+    await wait_until(lambda: "lone" in a.records(), timeout=6.0, what="a dialling the real node")

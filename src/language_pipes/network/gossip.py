@@ -106,6 +106,12 @@ class GossipMixin:
         if not self._open_connection(record.address, record.port, record.node_id):
             schedule.failed(now)
 
+    def _dial_known_records(self: PeerNetwork, now: float) -> None:
+        """Dial records we hold but reach no peer for (skipped by the dialling rate, or failed before)."""
+        for signed in self._membership.known_records():
+            if not self._membership.is_connected(signed.record.node_id):
+                self._connect_to_record(signed.record, now)
+
     def _expire_records(self: PeerNetwork, now: float) -> None:
         """Records of unconnected nodes nobody gossips any more go, with their retry schedules."""
         for node_id in self._membership.expire(now):

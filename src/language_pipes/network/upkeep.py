@@ -57,6 +57,8 @@ class UpkeepMixin:
                 self._drop_peer(node_id, f"no answer for {self.failure_timeout_s:g} s")
             self._retry_bootstrap(now)
             self._expire_records(now)
+            if tick % gossip_every == 0:
+                self._dial_known_records(now)
             for connection in list(self._peer_connections.values()):
                 self._send_heartbeat(connection)
             if tick % gossip_every == 0 or self._gossip_now.is_set():
