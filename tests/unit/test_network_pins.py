@@ -55,3 +55,12 @@ def test_the_file_lives_under_lp_app_dir(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("LP_APP_DIR", str(tmp_path))
     assert known_nodes_file("node-1") == tmp_path / "known_nodes" / "node-1.txt"
     assert known_nodes_file("../evil").parent == tmp_path / "known_nodes"
+
+
+def test_pins_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("language_pipes.network.pins.MAX_PINNED_KEYS", 3)
+    pins = PinnedKeys(tmp_path / "pins.txt")
+    for index in range(10):
+        assert pins.pin(NodeId(f"n{index}"), KEY_A)
+    assert len((tmp_path / "pins.txt").read_text().splitlines()) == 3
+    assert pins.conflicts(NodeId("n0"), KEY_B)

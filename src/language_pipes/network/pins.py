@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 _SAFE_FILE_STEM = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 _KEY_HEX_CHARS = 64
+# Beyond this many pins (an open network where anyone can make up identities) new ids are not pinned,
+# so neither memory nor the file grows without bound; the ids pinned so far stay protected.
+MAX_PINNED_KEYS = 4096
 
 
 def known_nodes_file(own_node_id: str) -> Path:
@@ -74,6 +77,8 @@ class PinnedKeys:
             pinned = self._keys.get(node_id)
             if pinned is not None:
                 return pinned == public_key
+            if len(self._keys) >= MAX_PINNED_KEYS:
+                return True
             self._keys[node_id] = public_key
             if self._path is not None:
                 self._append(node_id, public_key)
