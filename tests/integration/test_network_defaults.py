@@ -71,3 +71,16 @@ async def test_pins_survive_a_restart_and_a_deleted_line_trusts_a_re_keyed_node(
     pins.write_text("".join(line + "\n" for line in pins.read_text().splitlines() if '"b"' not in line))
     await wait_until(lambda: "b" in a.records() and "a" in rekeyed.records(), timeout=8.0, what="re-keyed b")
     assert a.records()[NodeId("b")].public_key == rekeyed._identity.public_key
+
+
+async def test_a_key_in_the_whitelist_refuses_an_impostor_that_comes_first(
+    start_node: Starter, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    genuine = NodeIdentity.generate("b")
+    a = await start_node("a", whitelist={"a", f"b@{genuine.public_key.hex()}"})
+    impostor = await start_node("b", bootstrap=(a,))  # first, with a key of its own
+    await wait_until(lambda: "identity key differs" in caplog.text, what="the impostor refused")
+    await impostor.stop(announce=False)
+    b = await start_node("b", identity=genuine, bootstrap=(a,))
+    await wait_until(lambda: "b" in a.records() and "a" in b.records(), what="the genuine b joining")

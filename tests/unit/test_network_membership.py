@@ -131,3 +131,20 @@ def test_unconnected_records_are_bounded_per_sender_and_expire() -> None:
     assert NodeId("n0") not in expired and NodeId("late") not in expired
     assert len(expired) == MAX_PENDING_PER_SENDER
     assert membership.record_of(NodeId("n0")) is not None
+
+
+def test_a_whitelist_entry_can_pin_the_key_of_its_node() -> None:
+    genuine, impostor = (
+        NodeIdentity.generate("a"),
+        NodeIdentity(NodeId("a"), NodeIdentity.generate("x").private_key),
+    )
+    membership = Membership(
+        NodeIdentity.generate("self"),
+        (f"a@{genuine.public_key.hex()}", "b"),
+        PinnedKeys(),
+        departed_memory_s=10.0,
+    )
+    assert membership.allows(NodeId("a")) and membership.allows(NodeId("b"))
+    assert not membership.allows(NodeId(f"a@{genuine.public_key.hex()}"))
+    assert membership.consider(sign_record(impostor, _record(impostor)), now=0.0) == "key_conflict"
+    assert membership.consider(sign_record(genuine, _record(genuine)), now=0.0) == "accepted"

@@ -12,6 +12,7 @@ timeout. Only live peers (and this node) appear in :meth:`Membership.live_record
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -75,6 +76,17 @@ def record_signature_is_valid(signed: SignedRecord) -> bool:
     return signature_is_valid(signed.record.public_key, signed.signature, record_signing_bytes(signed.record))
 
 
+_KEYED_WHITELIST_ENTRY = re.compile(r"(?P<node_id>.+)@(?P<key>[0-9a-fA-F]{64})")
+
+
+def parse_whitelist_entry(entry: str) -> tuple[NodeId, bytes | None]:
+    """``"node-id"``, or ``"node-id@<64 hex>"`` to also pin that node's identity key from the start."""
+    match = _KEYED_WHITELIST_ENTRY.fullmatch(entry)
+    if match is None:
+        return NodeId(entry), None
+    return NodeId(match["node_id"]), bytes.fromhex(match["key"])
+
+
 class Membership:
     """Records, sessions and heartbeats of every peer this node knows."""
 
@@ -88,9 +100,13 @@ class Membership:
     ) -> None:
         self._own_id = own_identity.node_id
         self._own_key = own_identity.public_key
-        self._whitelist = frozenset(NodeId(node_id) for node_id in whitelist)
+        entries = [parse_whitelist_entry(entry) for entry in whitelist]
+        self._whitelist = frozenset(node_id for node_id, _ in entries)
         self.pinned_keys = pinned_keys
-        pinned_keys.pin_own(self._own_id, self._own_key)
+        pinned_keys.pin_fixed(self._own_id, self._own_key)
+        for node_id, key in entries:
+            if key is not None:
+                pinned_keys.pin_fixed(node_id, key)
         self._departed_memory_s = departed_memory_s
         self._record_ttl_s = record_ttl_s
         # When each record was last gossiped to us, and who told us about the ones not yet connected.

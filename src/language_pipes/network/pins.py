@@ -55,7 +55,7 @@ class PinnedKeys:
         self._keys: dict[NodeId, bytes] = {}
         self._file_signature: tuple[int, int] | None = None
         self._file_ids: set[NodeId] = set()  # the pins that came from (or went to) the file
-        self._own: tuple[NodeId, bytes] | None = None
+        self._fixed: dict[NodeId, bytes] = {}  # our own key, and keys named in whitelist_node_ids
         self._lock = threading.Lock()
         if path is not None:
             self._load()
@@ -87,10 +87,10 @@ class PinnedKeys:
     def pinned(self, node_id: NodeId) -> bytes | None:
         return self._keys.get(node_id)
 
-    def pin_own(self, node_id: NodeId, public_key: bytes) -> None:
-        """This node's own key: pinned in memory only (nobody else may use our id)."""
+    def pin_fixed(self, node_id: NodeId, public_key: bytes) -> None:
+        """A key known from configuration (or our own): pinned in memory, above whatever the file says."""
         with self._lock:
-            self._own = (node_id, public_key)
+            self._fixed[node_id] = public_key
             self._keys[node_id] = public_key
 
     # ------------------------------------------------------------- the file
@@ -107,9 +107,9 @@ class PinnedKeys:
     def _load(self) -> None:
         assert self._path is not None
         memory_only = {node_id: key for node_id, key in self._keys.items() if node_id not in self._file_ids}
+        memory_only.update(self._fixed)
         self._keys = {**self._read(), **memory_only}
-        if self._own is not None:
-            self._keys[self._own[0]] = self._own[1]
+        self._keys.update(self._fixed)
 
     def _read(self) -> dict[NodeId, bytes]:
         assert self._path is not None
