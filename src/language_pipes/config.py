@@ -179,6 +179,8 @@ class NodeConfig(_StrictModel):
     # Step lanes (direct channels for hidden states); unset: a free port, announced by gossip.
     lane_port: Port | None = None
     network_ip: Host = "127.0.0.1"
+    # Where the peer and lane ports listen; unset: network_ip (set "0.0.0.0" for every interface).
+    listen_ip: Host | None = None
     network_key: NetworkKey | None = None
     whitelist_node_ids: tuple[NonEmptyText, ...] = ()
     bootstrap_nodes: tuple[BootstrapNode, ...] = ()

@@ -28,6 +28,7 @@ from language_pipes.models.segment import LayerSegment
 from language_pipes.models.store import ModelStore
 from language_pipes.network.identity import load_or_create_identity
 from language_pipes.network.peer_network import PeerNetwork
+from language_pipes.network.pins import known_nodes_file
 from language_pipes.network.types import HostedSegment, NodeId, NodeRecord
 from language_pipes.pipes.placement import KV_HEADROOM_TOKENS, LayerSpan, choose_span, layers_that_fit
 from language_pipes.pipes.remote import RemoteSegment
@@ -70,7 +71,7 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self.network = PeerNetwork(
             load_or_create_identity(config.node_id),
-            listen_host="0.0.0.0",
+            listen_host=config.listen_ip or config.network_ip,
             peer_port=config.peer_port,
             advertise_ip=config.network_ip,
             network_key=bytes.fromhex(config.network_key) if config.network_key else None,
@@ -78,6 +79,7 @@ class Node:
             bootstrap=[(node.address, node.port) for node in config.bootstrap_nodes],
             failure_timeout_s=FAILURE_TIMEOUT_S,
             lane_port=config.lane_port or 0,
+            pins_file=known_nodes_file(config.node_id),
         )
         self.worker = LayerWorker(self.network, config.max_node_jobs)
         self.network.on_peer_lost(self._on_peer_lost)

@@ -1,4 +1,4 @@
-"""Peer networks in separate processes: crash detection, restart, impersonation.
+"""Peer networks in separate processes: crash detection, restart, impersonation, hostile peers.
 
 Run as a script, this file is the child node: ``python test_network_processes.py
 NODE_ID BOOTSTRAP_PORT`` joins through 127.0.0.1:BOOTSTRAP_PORT with the identity
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import sys
@@ -19,10 +20,15 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import zmq
+import zmq.asyncio
 
+from language_pipes.network.handshake import Greeting, HandshakeSide
 from language_pipes.network.identity import NodeIdentity, load_or_create_identity
+from language_pipes.network.membership import sign_record
 from language_pipes.network.peer_network import PeerNetwork
-from language_pipes.network.types import NodeId
+from language_pipes.network.types import NodeId, NodeRecord
+from language_pipes.network.wire import encode_handshake_envelope
 from support.peers import wait_until
 
 TESTS_DIR = Path(__file__).resolve().parents[1]  # so the child, run as a script, imports support too
@@ -150,6 +156,61 @@ async def test_a_process_claiming_a_known_id_with_another_key_is_rejected(
     assert hub.records()[NodeId("b")].public_key == genuine_key
     header, _ = await hub.request(NodeId("b"), "echo", {}, b"still the genuine one", timeout=2.0)
     assert header == {"sha256": hashlib.sha256(b"still the genuine one").hexdigest()}
+
+
+@pytest.mark.asyncio
+async def test_a_node_process_survives_hostile_peers_and_still_takes_new_nodes(
+    hub: PeerNetwork, children: ChildNodes, tmp_path: Path
+) -> None:
+    await children.start("victim", hub.peer_port, tmp_path / "victim")
+    await wait_until(lambda: hub.is_live(NodeId("victim")), 10.0, "the victim joining")
+    port = hub.records()[NodeId("victim")].port
+    context = zmq.asyncio.Context()
+    try:
+        await _attack_without_a_session(context, port)
+    finally:
+        context.destroy(linger=0)
+    # A member floods gossip: records that are not hosts, and more records than sockets.
+    flood = [_signed_record(f"flood-{index}", "127.0.0.1", 1000 + index) for index in range(1100)]
+    session = hub._peer_connections[NodeId("victim")].session
+    assert session is not None
+    for entries in ([_signed_record("bad-host", "x y", 9)], flood, flood[:400]):
+        await session.send("lp.gossip", "oneway", 0, b"", json.dumps(entries).encode())
+    await asyncio.sleep(1.0)
+    header, _ = await hub.request(NodeId("victim"), "echo", {}, b"still here", timeout=3.0)
+    assert header == {"sha256": hashlib.sha256(b"still here").hexdigest()}
+    # The id squatted above joins for real, through the victim.
+    await children.start("newcomer", port, tmp_path / "newcomer")
+    deadline = time.monotonic() + 10.0
+    while "newcomer" not in await _view_of(hub, "victim"):
+        assert time.monotonic() < deadline, "the victim did not take the new node"
+        await asyncio.sleep(0.2)
+
+
+async def _attack_without_a_session(context: zmq.asyncio.Context, port: int) -> None:
+    """Garbage, a deeply nested hello, mutated hellos and a squatted id, from a socket with no session."""
+    socket = context.socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(f"tcp://127.0.0.1:{port}")
+    hello = encode_handshake_envelope("hello", sealed=False)
+    valid_body = json.dumps(HandshakeSide(NodeIdentity.generate("mutant")).greeting.to_wire()).encode()
+    squatted = Greeting(NodeId("newcomer"), os.urandom(32), os.urandom(32), os.urandom(32))
+    frames: list[list[bytes]] = [[os.urandom(64)], [os.urandom(8), os.urandom(900)], [hello, b"[" * 100_000]]
+    for index in range(50):
+        mutated = bytearray(valid_body)
+        mutated[(index * 37) % len(mutated)] = index
+        frames.append([hello, bytes(mutated)])
+    frames.append([hello, json.dumps(squatted.to_wire()).encode()])
+    for message in frames:
+        await socket.send_multipart(message)
+    await asyncio.sleep(0.5)
+    socket.close(linger=0)
+
+
+def _signed_record(node_id: str, address: str, port: int) -> dict[str, Any]:
+    identity = NodeIdentity.generate(node_id)
+    record = NodeRecord(identity.node_id, identity.public_key, address, port, (), (), 0, 1)
+    return sign_record(identity, record).to_wire()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from language_pipes.network.identity import NodeIdentity
+from language_pipes.network.limits import MAX_PENDING_PER_SENDER, RECORD_TTL_S
 from language_pipes.network.membership import (
     Membership,
     PinnedKeys,
@@ -96,3 +97,54 @@ def test_silent_peers_are_found_and_dropped_records_stay_out_for_a_while() -> No
     assert membership.consider(sign_record(owner, _record(owner, version=6)), now=8.0) == "accepted"
     membership.drop(NodeId("a"), now=9.0)
     assert membership.consider(sign_record(owner, _record(owner, version=6)), now=30.0) == "accepted"
+
+
+def test_a_gossiped_record_pins_no_key() -> None:
+    membership = _membership()
+    squatter = NodeIdentity(NodeId("a"), NodeIdentity.generate("x").private_key)
+    assert membership.consider(sign_record(squatter, _record(squatter)), now=0.0) == "accepted"
+    assert membership.pinned_keys.pinned(NodeId("a")) is None
+    # The real node proves its key in a handshake: the squatter's record goes.
+    genuine = NodeIdentity.generate("a")
+    assert membership.pinned_keys.pin(NodeId("a"), genuine.public_key)
+    membership.key_pinned(NodeId("a"), genuine.public_key)
+    assert membership.record_of(NodeId("a")) is None
+    assert membership.consider(sign_record(squatter, _record(squatter, version=5)), now=0.0) == "key_conflict"
+    assert membership.consider(sign_record(genuine, _record(genuine)), now=0.0) == "accepted"
+
+
+def test_unconnected_records_are_bounded_per_sender_and_expire() -> None:
+    membership = _membership()
+    identities = [NodeIdentity.generate(f"n{i}") for i in range(MAX_PENDING_PER_SENDER + 5)]
+    verdicts = [membership.consider(sign_record(i, _record(i)), 0.0, NodeId("flooder")) for i in identities]
+    assert verdicts.count("accepted") == MAX_PENDING_PER_SENDER
+    assert verdicts.count("full") == 5
+    # Another sender still has room, and connecting a node frees the flooder's share.
+    late = NodeIdentity.generate("late")
+    assert membership.consider(sign_record(late, _record(late)), 0.0, NodeId("honest")) == "accepted"
+    membership.mark_connected(NodeId("n0"), now=0.0)
+    extra = identities[-1]
+    assert membership.consider(sign_record(extra, _record(extra)), 0.0, NodeId("flooder")) == "accepted"
+    # Nobody gossips them again: every unconnected record expires, the connected one stays.
+    assert membership.consider(sign_record(late, _record(late)), 20.0, NodeId("honest")) == "unchanged"
+    expired = membership.expire(now=RECORD_TTL_S + 1.0)
+    assert NodeId("n0") not in expired and NodeId("late") not in expired
+    assert len(expired) == MAX_PENDING_PER_SENDER
+    assert membership.record_of(NodeId("n0")) is not None
+
+
+def test_a_whitelist_entry_can_pin_the_key_of_its_node() -> None:
+    genuine, impostor = (
+        NodeIdentity.generate("a"),
+        NodeIdentity(NodeId("a"), NodeIdentity.generate("x").private_key),
+    )
+    membership = Membership(
+        NodeIdentity.generate("self"),
+        (f"a@{genuine.public_key.hex()}", "b"),
+        PinnedKeys(),
+        departed_memory_s=10.0,
+    )
+    assert membership.allows(NodeId("a")) and membership.allows(NodeId("b"))
+    assert not membership.allows(NodeId(f"a@{genuine.public_key.hex()}"))
+    assert membership.consider(sign_record(impostor, _record(impostor)), now=0.0) == "key_conflict"
+    assert membership.consider(sign_record(genuine, _record(genuine)), now=0.0) == "accepted"

@@ -138,6 +138,8 @@ class ReceivingCipher:
         self._lowest_acceptable = 0
 
     def open(self, first_counter: int, associated: bytes, *sealed: bytes | memoryview) -> list[bytes]:
+        if first_counter + len(sealed) > _MAX_COUNTER + 1:
+            raise FrameRejected(f"counter {first_counter} out of range")
         if first_counter < self._lowest_acceptable:
             raise FrameRejected(
                 f"replayed or reordered frame (counter {first_counter} < {self._lowest_acceptable})"

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import zmq
 
+from language_pipes.network.connections import configure_socket
 from language_pipes.network.crypto import (
     LANE_TAG_BYTES,
     FrameRejected,
@@ -45,6 +46,8 @@ from language_pipes.network.crypto import (
     SendingCipher,
     derive_lane_keys,
 )
+from language_pipes.network.guard import RESTART_PAUSE_MAX_S, RESTART_PAUSE_S, FrameGuard
+from language_pipes.network.limits import DEFAULT_MAX_MESSAGE_BYTES
 from language_pipes.network.session import Session
 from language_pipes.network.types import (
     NodeId,
@@ -132,12 +135,30 @@ class ServerLane:
         return [prefix, sealed]
 
 
-class LaneServer:
-    """Answers lane requests on one thread, which also runs the handlers (no further handoff)."""
+LOOP_LANES = "step lanes"
 
-    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], host: str, port: int, sessions: SessionByTag):
+
+class LaneServer:
+    """Answers lane requests on one thread, which also runs the handlers (no further handoff).
+
+    Guard: whatever answering one frame raises, that frame is dropped and
+    counted in ``guard`` (logged rate-limited); should the serving loop die
+    anyway, the thread starts it again after a short pause.
+    """
+
+    def __init__(
+        self,
+        context: zmq.Context[zmq.Socket[bytes]],
+        host: str,
+        port: int,
+        sessions: SessionByTag,
+        *,
+        guard: FrameGuard | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ):
+        self._guard = guard or FrameGuard(logger)
         self._socket = context.socket(zmq.ROUTER)
-        self._socket.setsockopt(zmq.LINGER, 0)
+        configure_socket(self._socket, max_message_bytes)
         if port == 0:
             self.port = self._socket.bind_to_random_port(f"tcp://{host}")
         else:
@@ -160,22 +181,42 @@ class LaneServer:
         self._thread.join(timeout=5)
 
     def _serve(self) -> None:
+        """The lane thread: the serving loop under its supervisor; the socket closes only on stop."""
+        pause = RESTART_PAUSE_S
         try:
             while not self._stopping.is_set():
-                if self._socket.poll(POLL_SLICE_S * 1000):
-                    self._answer(self._socket.recv_multipart())
+                try:
+                    self._serve_until_stopped()
+                except Exception:
+                    # The per-frame guard missed this (the socket itself failed?): log, pause, serve again.
+                    self._guard.restarts += 1
+                    self._guard.log.log(
+                        logging.ERROR,
+                        "restart:lanes",
+                        "the step-lane loop died; restarting it",
+                        exc_info=True,
+                    )
+                    self._stopping.wait(pause)
+                    pause = min(RESTART_PAUSE_MAX_S, pause * 2)
         finally:
             self._socket.close(linger=0)
+
+    def _serve_until_stopped(self) -> None:
+        while not self._stopping.is_set():
+            if not self._socket.poll(POLL_SLICE_S * 1000):
+                continue
+            frames = self._socket.recv_multipart()
+            try:
+                self._answer(frames)
+            except Exception as error:
+                # Guard: one frame, whatever it holds, costs only itself.
+                self._guard.dropped(LOOP_LANES, "a lane peer", error)
 
     def _answer(self, frames: list[bytes]) -> None:
         if len(frames) != 4:
             return  # not a lane request; nothing to answer
         routing_id, associated, sealed_header, sealed_payload = frames
-        try:
-            prefix = RequestPrefix.decode(associated)
-        except MalformedFrame as error:
-            logger.warning("dropped a malformed lane frame: %s", error)
-            return
+        prefix = RequestPrefix.decode(associated)  # MalformedFrame: dropped and counted by the guard
         session = self._sessions(prefix.tag)
         if session is None:
             self._refuse(routing_id, prefix, "no open session for this lane")
@@ -188,7 +229,9 @@ class LaneServer:
         try:
             header, payload = lane.open(prefix, associated, sealed_header, sealed_payload)
         except FrameRejected as error:
-            logger.warning("rejected a lane frame from node %r: %s", session.peer_id, error)
+            self._guard.log.warning(
+                "lane-rejected", "rejected a lane frame from node %r: %s", session.peer_id, error
+            )
             self._refuse(routing_id, prefix, "frame rejected")
             return
         self._lanes[key] = lane  # kept only once a frame proved the sender holds the session
@@ -228,7 +271,12 @@ class LaneClient:
     """
 
     def __init__(
-        self, context: zmq.Context[zmq.Socket[bytes]], session: Session, address: str, port: int
+        self,
+        context: zmq.Context[zmq.Socket[bytes]],
+        session: Session,
+        address: str,
+        port: int,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.session = session
         self.endpoint = (address, port)
@@ -237,7 +285,7 @@ class LaneClient:
         self._sending = SendingCipher(request_key)
         self._receiving = ReceivingCipher(reply_key)
         self._socket = context.socket(zmq.DEALER)
-        self._socket.setsockopt(zmq.LINGER, 0)
+        configure_socket(self._socket, max_message_bytes)
         self._socket.connect(f"tcp://{address}:{port}")
 
     def request(
@@ -303,8 +351,11 @@ UNUSABLE_RETRY_S = 30.0
 class LaneClients:
     """Each calling thread's lanes to its peers: opened on first use, probed, replaced with the session."""
 
-    def __init__(self, context: zmq.Context[zmq.Socket[bytes]]) -> None:
+    def __init__(
+        self, context: zmq.Context[zmq.Socket[bytes]], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> None:
         self._context = context
+        self._max_message_bytes = max_message_bytes
         self._local = threading.local()
         self._unusable: dict[tuple[NodeId, str, int], float] = {}
 
@@ -325,7 +376,7 @@ class LaneClients:
         endpoint = (peer, address, port)
         if time.monotonic() < self._unusable.get(endpoint, 0.0):
             return None
-        client = LaneClient(self._context, session, address, port)
+        client = LaneClient(self._context, session, address, port, self._max_message_bytes)
         try:
             client.request(KIND_LANE_PING, b"", b"", PROBE_TIMEOUT_S, lambda: None)
         except (LaneRefused, PeerRequestTimeout) as error:

@@ -12,12 +12,18 @@ timeout. Only live peers (and this node) appear in :meth:`Membership.live_record
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from language_pipes.network.identity import NodeIdentity, signature_is_valid
+from language_pipes.network.limits import MAX_KNOWN_RECORDS, MAX_PENDING_PER_SENDER, RECORD_TTL_S
+from language_pipes.network.pins import PinnedKeys
 from language_pipes.network.types import NodeId, NodeRecord
+
+__all__ = ["Membership", "PinnedKeys", "RecordVerdict", "SignedRecord", "sign_record"]
 
 _RECORD_SIGNATURE_CONTEXT = b"language-pipes node record v1\n"
 
@@ -30,6 +36,7 @@ RecordVerdict = Literal[
     "not_whitelisted",
     "departed",  # a version of a peer we dropped a moment ago
     "malformed",
+    "full",  # the record table (or this sender's share of unconnected records) is full
 ]
 
 
@@ -69,19 +76,15 @@ def record_signature_is_valid(signed: SignedRecord) -> bool:
     return signature_is_valid(signed.record.public_key, signed.signature, record_signing_bytes(signed.record))
 
 
-class PinnedKeys:
-    """Trust on first use: the first identity key seen for a node id is the only one accepted."""
+_KEYED_WHITELIST_ENTRY = re.compile(r"(?P<node_id>.+)@(?P<key>[0-9a-fA-F]{64})")
 
-    def __init__(self) -> None:
-        self._keys: dict[NodeId, bytes] = {}
 
-    def accepts(self, node_id: NodeId, public_key: bytes) -> bool:
-        """True if ``public_key`` is (or now becomes) the pinned key of ``node_id``."""
-        pinned = self._keys.setdefault(node_id, public_key)
-        return pinned == public_key
-
-    def pinned(self, node_id: NodeId) -> bytes | None:
-        return self._keys.get(node_id)
+def parse_whitelist_entry(entry: str) -> tuple[NodeId, bytes | None]:
+    """``"node-id"``, or ``"node-id@<64 hex>"`` to also pin that node's identity key from the start."""
+    match = _KEYED_WHITELIST_ENTRY.fullmatch(entry)
+    if match is None:
+        return NodeId(entry), None
+    return NodeId(match["node_id"]), bytes.fromhex(match["key"])
 
 
 class Membership:
@@ -93,13 +96,23 @@ class Membership:
         whitelist: Iterable[str],
         pinned_keys: PinnedKeys,
         departed_memory_s: float,
+        record_ttl_s: float = RECORD_TTL_S,
     ) -> None:
         self._own_id = own_identity.node_id
         self._own_key = own_identity.public_key
-        self._whitelist = frozenset(NodeId(node_id) for node_id in whitelist)
+        entries = [parse_whitelist_entry(entry) for entry in whitelist]
+        self._whitelist = frozenset(node_id for node_id, _ in entries)
         self.pinned_keys = pinned_keys
-        pinned_keys.accepts(self._own_id, self._own_key)
+        pinned_keys.pin_fixed(self._own_id, self._own_key)
+        for node_id, key in entries:
+            if key is not None:
+                pinned_keys.pin_fixed(node_id, key)
         self._departed_memory_s = departed_memory_s
+        self._record_ttl_s = record_ttl_s
+        # When each record was last gossiped to us, and who told us about the ones not yet connected.
+        self._refreshed: dict[NodeId, float] = {}
+        self._introduced_by: dict[NodeId, NodeId] = {}
+        self._pending_per_sender: Counter[NodeId] = Counter()
         self._records: dict[NodeId, SignedRecord] = {}
         self._connected: set[NodeId] = set()
         self._last_heard: dict[NodeId, float] = {}
@@ -109,28 +122,75 @@ class Membership:
         """``whitelist_node_ids``: empty allows everyone; this node always allows itself."""
         return not self._whitelist or node_id in self._whitelist or node_id == self._own_id
 
-    def consider(self, signed: SignedRecord, now: float) -> RecordVerdict:
-        """Verify a gossiped record and store it if it is news."""
+    def consider(self, signed: SignedRecord, now: float, sender: NodeId | None = None) -> RecordVerdict:
+        """Verify a gossiped record (told us by ``sender``) and store it if it is news.
+
+        A record never pins its key (anyone can sign a record for any id); only
+        a handshake does. While no key is pinned, the first key held wins.
+        """
         record = signed.record
         if not self.allows(record.node_id):
             return "not_whitelisted"
         if not record_signature_is_valid(signed):
             return "bad_signature"
-        if not self.pinned_keys.accepts(record.node_id, record.public_key):
+        if self.pinned_keys.conflicts(record.node_id, record.public_key):
             return "key_conflict"
         if record.node_id == self._own_id:
             return "self"
+        held = self._records.get(record.node_id)
+        if held is not None and held.record.public_key != record.public_key:
+            return "key_conflict"
         departed = self._departed.get(record.node_id)
         if departed is not None:
             departed_version, departed_at = departed
             if record.version <= departed_version and now - departed_at < self._departed_memory_s:
                 return "departed"
             del self._departed[record.node_id]
-        held = self._records.get(record.node_id)
         if held is not None and held.record.version >= record.version:
+            self._refreshed[record.node_id] = now
             return "unchanged"
+        if held is None and not self._has_room_for(record.node_id, sender):
+            return "full"
         self._records[record.node_id] = signed
+        self._refreshed[record.node_id] = now
+        if held is None and sender is not None and record.node_id not in self._connected:
+            self._introduced_by[record.node_id] = sender
+            self._pending_per_sender[sender] += 1
         return "accepted"
+
+    def _has_room_for(self, node_id: NodeId, sender: NodeId | None) -> bool:
+        if len(self._records) >= MAX_KNOWN_RECORDS:
+            return False
+        connected = node_id in self._connected
+        return connected or sender is None or self._pending_per_sender[sender] < MAX_PENDING_PER_SENDER
+
+    def _forget_introduction(self, node_id: NodeId) -> None:
+        sender = self._introduced_by.pop(node_id, None)
+        if sender is not None:
+            self._pending_per_sender[sender] -= 1
+            if self._pending_per_sender[sender] <= 0:
+                del self._pending_per_sender[sender]
+
+    def key_pinned(self, node_id: NodeId, public_key: bytes) -> None:
+        """A handshake proved ``public_key`` for ``node_id``: a record signed by another key goes."""
+        held = self._records.get(node_id)
+        if held is not None and held.record.public_key != public_key:
+            del self._records[node_id]
+            self._refreshed.pop(node_id, None)
+            self._forget_introduction(node_id)
+
+    def expire(self, now: float) -> list[NodeId]:
+        """Forget records of unconnected nodes that nobody gossiped for the record TTL."""
+        expired = [
+            node_id
+            for node_id, refreshed in self._refreshed.items()
+            if node_id not in self._connected and now - refreshed > self._record_ttl_s
+        ]
+        for node_id in expired:
+            self._records.pop(node_id, None)
+            del self._refreshed[node_id]
+            self._forget_introduction(node_id)
+        return expired
 
     def forget_departure(self, node_id: NodeId) -> None:
         """The node just proved it is alive again (a fresh authenticated session)."""
@@ -138,6 +198,7 @@ class Membership:
 
     def mark_connected(self, node_id: NodeId, now: float) -> None:
         self._connected.add(node_id)
+        self._forget_introduction(node_id)
         self._last_heard[node_id] = now
 
     def mark_heard(self, node_id: NodeId, now: float) -> None:
@@ -163,6 +224,8 @@ class Membership:
         """Forget a peer; its current record version is ignored for a while. True if it was live."""
         was_live = self.is_live(node_id)
         held = self._records.pop(node_id, None)
+        self._refreshed.pop(node_id, None)
+        self._forget_introduction(node_id)
         self._connected.discard(node_id)
         self._last_heard.pop(node_id, None)
         if held is not None:

@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any, NewType
+
+from language_pipes.network.limits import (
+    MAX_END_MODELS,
+    MAX_HOST_CHARS,
+    MAX_LAYER_INDEX,
+    MAX_LOAD,
+    MAX_MODEL_ID_CHARS,
+    MAX_NODE_ID_CHARS,
+    MAX_SEGMENTS,
+    MAX_VERSION,
+)
 
 NodeId = NewType("NodeId", str)
 MessageKind = NewType("MessageKind", str)
@@ -64,10 +77,10 @@ class HostedSegment:
             data.get("end_layer"),
             data.get("loaded"),
         )
-        if not isinstance(model_id, str) or not model_id:
-            raise ValueError("segment model_id must be a non-empty string")
-        if not _is_int(start) or not _is_int(end) or not 0 <= start < end:
-            raise ValueError("segment needs integers 0 <= start_layer < end_layer")
+        if not _is_text(model_id, MAX_MODEL_ID_CHARS):
+            raise ValueError(f"segment model_id must be a string of 1..{MAX_MODEL_ID_CHARS} characters")
+        if not _is_int(start) or not _is_int(end) or not 0 <= start < end <= MAX_LAYER_INDEX:
+            raise ValueError(f"segment needs integers 0 <= start_layer < end_layer <= {MAX_LAYER_INDEX}")
         if not isinstance(loaded, bool):
             raise ValueError("segment loaded must be a boolean")
         return HostedSegment(model_id, start, end, loaded)
@@ -111,22 +124,31 @@ class NodeRecord:
             raise ValueError("record must be an object")
         node_id, address, port = data.get("node_id"), data.get("address"), data.get("port")
         load, version, end_models = data.get("load"), data.get("version"), data.get("end_models")
-        if not isinstance(node_id, str) or not node_id:
-            raise ValueError("record node_id must be a non-empty string")
-        if not isinstance(address, str) or not address:
-            raise ValueError("record address must be a non-empty string")
+        if not _is_text(node_id, MAX_NODE_ID_CHARS):
+            raise ValueError(f"record node_id must be a string of 1..{MAX_NODE_ID_CHARS} characters")
+        if not isinstance(address, str) or not is_host(address):
+            raise ValueError("record address must be an IP address or a host name")
         if not _is_int(port) or not 0 < port < 65536:
             raise ValueError("record port must be 1..65535")
         lane_port = data.get("lane_port")
         if lane_port is not None and (not _is_int(lane_port) or not 0 < lane_port < 65536):
             raise ValueError("record lane_port must be 1..65535 or null")
-        if not _is_int(load) or load < 0 or not _is_int(version) or version < 0:
-            raise ValueError("record load and version must be non-negative integers")
-        if not isinstance(end_models, list) or not all(isinstance(m, str) for m in end_models):
-            raise ValueError("record end_models must be a list of strings")
+        if (
+            not _is_int(load)
+            or not 0 <= load <= MAX_LOAD
+            or not _is_int(version)
+            or not 0 <= version <= MAX_VERSION
+        ):
+            raise ValueError("record load and version must be non-negative integers in range")
+        if (
+            not isinstance(end_models, list)
+            or len(end_models) > MAX_END_MODELS
+            or not all(_is_text(m, MAX_MODEL_ID_CHARS) for m in end_models)
+        ):
+            raise ValueError(f"record end_models must be a list of at most {MAX_END_MODELS} model ids")
         segments = data.get("segments")
-        if not isinstance(segments, list):
-            raise ValueError("record segments must be a list")
+        if not isinstance(segments, list) or len(segments) > MAX_SEGMENTS:
+            raise ValueError(f"record segments must be a list of at most {MAX_SEGMENTS}")
         public_key = bytes.fromhex(str(data.get("public_key", "")))
         if len(public_key) != 32:
             raise ValueError("record public_key must be 32 bytes")
@@ -141,6 +163,29 @@ class NodeRecord:
             version=version,
             lane_port=lane_port,
         )
+
+
+_HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def is_host(text: str) -> bool:
+    """True for an IP address or a syntactically valid host name (what a peer may advertise)."""
+    if not text or len(text) > MAX_HOST_CHARS:
+        return False
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        # Not an IP address; it may still be a host name.
+        labels = text.removesuffix(".").split(".")
+        if not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
+            return False
+        # All-numeric dotted names are meant as IPv4 addresses, and that one was not valid.
+        return not all(label.isdigit() for label in labels)
+    return True
+
+
+def _is_text(value: object, max_chars: int) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= max_chars
 
 
 def _is_int(value: object) -> bool:

@@ -16,9 +16,12 @@ kind or counter of a sealed frame.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from language_pipes.network.limits import MAX_HANDSHAKE_JSON_BYTES, MAX_HEADER_JSON_BYTES, MAX_JSON_DEPTH
 
 PROTOCOL_VERSION = 1
 
@@ -124,11 +127,7 @@ def decode_inner_header(data: bytes) -> InnerHeader:
         return InnerHeader(role, correlation_id, body)
     if header_format != HEADER_FORMAT_JSON:
         raise MalformedFrame(f"unknown header format {header_format}")
-    try:
-        header = json.loads(body)
-    except ValueError as error:
-        # The sender sealed bytes that are not JSON: a bug on its side, not ours to crash on.
-        raise MalformedFrame("header is not valid JSON") from error
+    header = loads_bounded(body, MAX_HEADER_JSON_BYTES)
     if not isinstance(header, dict):
         raise MalformedFrame("JSON header must be an object")
     return InnerHeader(role, correlation_id, header)
@@ -139,11 +138,36 @@ def encode_json_body(fields: dict[str, Any]) -> bytes:
 
 
 def decode_json_body(data: bytes | memoryview) -> dict[str, Any]:
-    try:
-        fields = json.loads(bytes(data))
-    except ValueError as error:
-        # Garbage or a frame sealed with a key we do not share.
-        raise MalformedFrame("body is not valid JSON") from error
+    fields = loads_bounded(data, MAX_HANDSHAKE_JSON_BYTES)
     if not isinstance(fields, dict):
         raise MalformedFrame("body must be a JSON object")
     return fields
+
+
+# A JSON string (possessive: no backtracking), and the brackets that nest.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def loads_bounded(data: bytes | memoryview, max_bytes: int, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` for bytes from a peer: size and nesting are checked before parsing.
+
+    Deep nesting would make the parser recurse (a RecursionError, or worse), so
+    brackets outside strings are counted first, in linear time.
+    """
+    if len(data) > max_bytes:
+        raise MalformedFrame(f"JSON of {len(data)} bytes (at most {max_bytes})")
+    raw = bytes(data)
+    depth = 0
+    for bracket in _JSON_BRACKET.finditer(_JSON_STRING.sub(b'""', raw)):
+        if bracket.group() in (b"[", b"{"):
+            depth += 1
+            if depth > max_depth:
+                raise MalformedFrame(f"JSON nested deeper than {max_depth} levels")
+        else:
+            depth -= 1
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        # Garbage, a frame sealed with a key we do not share, or bytes that are not UTF-8.
+        raise MalformedFrame("not valid JSON") from error
