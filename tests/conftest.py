@@ -8,6 +8,9 @@
 * ``node_launcher``: starts real node processes (see ``support.node_process``) and kills
   them at teardown.
 * ``start_node``: starts PeerNetwork instances in the test's process (``support.peers``).
+
+The OpenMP settings of ``language_pipes.process_settings`` are applied at import,
+before torch loads, as the CLI and the terminal interface do.
 """
 
 from __future__ import annotations
@@ -21,8 +24,13 @@ import pytest
 
 from language_pipes import paths
 from language_pipes.models.embedded import prepare_default_model
+from language_pipes.process_settings import prepare_native_threads
 from support.node_process import NodeLauncher
 from support.peers import start_node  # noqa: F401 - a fixture: PeerNetworks in this process
+
+# Before anything loads torch: nodes started in this process (the TUI tests) get the OpenMP
+# settings a node started from the terminal interface gets.
+prepare_native_threads()
 
 
 @pytest.fixture(scope="session")

@@ -9,16 +9,15 @@ Heavy imports (torch, the node, the TUI) happen only in the command that needs t
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 import sys
 from collections.abc import Sequence
 
 from language_pipes import __version__
 from language_pipes.config import ConfigError, NodeConfig, config_report, load_config, resolve_config_path
+from language_pipes.process_settings import prepare_native_threads
 
 USAGE_ERROR = 2
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,12 +69,7 @@ def command_run(config: NodeConfig) -> int:
     from language_pipes.logs import setup_logging
 
     # Native thread pools size themselves when torch loads; cap them before the node imports it.
-    for variable in THREAD_VARIABLES:
-        os.environ[variable] = str(config.torch_threads)
-    # Idle OpenMP threads spinning between kernels starve the node's event loop and network threads
-    # (measured: 3 tok/s instead of 40 with two torch threads); let them sleep unless the user chose.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ.setdefault("GOMP_SPINCOUNT", "8000")  # but keep them hot between kernels of one step
+    prepare_native_threads(config.torch_threads, override_threads=True)
     setup_logging(config.node_id, config.log_level)
     from language_pipes.node import run_node
 

@@ -16,6 +16,7 @@ import pytest
 
 from language_pipes import __version__, cli
 from language_pipes.config import NodeConfig
+from language_pipes.process_settings import OPENMP_DEFAULTS, THREAD_VARIABLES, prepare_native_threads
 
 try:
     from .test_config import BAD_CONFIGS, NETWORK_KEY
@@ -140,7 +141,7 @@ def test_no_command_without_a_tui_is_a_clear_error(
 
 @pytest.fixture
 def restored_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for variable in cli.THREAD_VARIABLES:
+    for variable in THREAD_VARIABLES:
         monkeypatch.setenv(variable, "99")  # so the test's own values come back afterwards
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
@@ -181,3 +182,16 @@ def test_run_logs_then_hands_the_config_to_the_node(
     log_files = list((isolated_app_dir / "logs").glob("node-1-*.log"))
     assert len(log_files) == 1
     assert "INFO language_pipes.node: node node-1 started" in log_files[0].read_text(encoding="utf-8")
+
+
+def test_native_thread_settings_are_prepared_in_one_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """run and the TUI both take the OpenMP defaults; only run overrides the user's thread counts."""
+    for variable in (*THREAD_VARIABLES, *OPENMP_DEFAULTS):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("GOMP_SPINCOUNT", "123")  # the user's own choice wins
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    prepare_native_threads(2)  # the TUI's start
+    assert os.environ["OMP_NUM_THREADS"] == "7" and os.environ["MKL_NUM_THREADS"] == "2"
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["GOMP_SPINCOUNT"] == "123"
+    prepare_native_threads(3, override_threads=True)  # language-pipes -c FILE run
+    assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "3"

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from language_pipes.config import LayerModelConfig, NodeConfig
 from language_pipes.logs import FILE_FORMAT, NOISY_LOGGERS, log_file_path
+from language_pipes.process_settings import prepare_native_threads
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("language_pipes.tui")
 
 ServerState = Literal["stopped", "starting", "running", "stopping", "failed"]
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -75,8 +74,7 @@ class NodeControl:
         if self.node is not None:
             raise RuntimeError("the network server is already running")
         self._log_to_file(config)
-        for variable in THREAD_VARIABLES:  # native pools size themselves when torch first loads
-            os.environ.setdefault(variable, str(config.torch_threads))
+        prepare_native_threads(config.torch_threads)  # read once, when torch first loads
         self.network_state, self.last_error = "starting", None
         from language_pipes.node import Node  # torch loads here, not when the UI opens
 
