@@ -29,15 +29,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from fastapi import APIRouter, Request
-from jinja2.exceptions import TemplateError
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseStreamEvent
 from starlette.responses import JSONResponse, Response
 
 from language_pipes.api import tool_calls
-from language_pipes.api.auth import AuthenticatedClient, JobSlot, job_limiter
+from language_pipes.api.auth import AuthenticatedClient, ClientKey, JobSlot, job_limiter
+from language_pipes.api.body import read_body
 from language_pipes.api.chat import GenerationEndedEarly, StartedGeneration, start_streamed_generation
-from language_pipes.api.errors import generation_failed, invalid_request
+from language_pipes.api.errors import current_request_id, generation_failed, invalid_request
 from language_pipes.api.models_route import completion_token_budget, generator_for
+from language_pipes.api.prompt import encode_prompt
 from language_pipes.api.reasoning import (
     AnswerDelta,
     ReasoningDelta,
@@ -61,7 +62,7 @@ from language_pipes.api.responses_schemas import (
     content_text,
 )
 from language_pipes.api.responses_stream import ResponseBuilder, ResponseSettings, event_frame
-from language_pipes.api.schemas import read_body
+from language_pipes.api.settings import api_settings
 from language_pipes.api.sse import SSE_DONE, EventStreamResponse, cancel_on_disconnect
 from language_pipes.engine.constraints import (
     GrammarCompileError,
@@ -193,22 +194,27 @@ def _build_constraint(
     generator: TextGenerator,
     body: ResponsesRequest,
     mode: OutputMode,
+    all_tools: Sequence[tool_calls.FunctionTool],
     callable_tools: Sequence[tool_calls.FunctionTool],
 ) -> GrammarConstraint | None:
     """Compile the token constraint (runs in a worker thread: compiling can take a moment)."""
     tokenizer = generator.tokenizer
     if mode == "enforced_call":
-        positions = {getattr(tool, "name", None): index for index, tool in enumerate(body.tools or [])}
-        for tool in callable_tools:
-            index = positions.get(tool.name, 0)
-            if tool.parameters:
+        callable_names = {tool.name for tool in callable_tools}
+        # validate_tools keeps the request's order, so the index is the one the client sent.
+        for index, tool in enumerate(all_tools):
+            if tool.name in callable_names and tool.parameters:
                 try:
                     check_json_schema(
                         tokenizer, tool.parameters, what=f"The parameters of tool '{tool.name}'"
                     )
                 except GrammarCompileError as error:
                     raise invalid_request(str(error), param=f"tools[{index}].parameters") from None
-        return tool_call_constraint(tokenizer, {tool.name: tool.parameters for tool in callable_tools})
+        try:
+            return tool_call_constraint(tokenizer, {tool.name: tool.parameters for tool in callable_tools})
+        except GrammarCompileError as error:
+            # Each schema compiled alone; only their combination failed.
+            raise invalid_request(str(error), param="tools") from None
     output_format = body.output_format()
     if isinstance(output_format, TextFormatJsonSchema):
         try:
@@ -220,10 +226,11 @@ def _build_constraint(
     return None
 
 
-def _previous_response(request: Request, body: ResponsesRequest) -> StoredResponse | None:
+def _previous_response(request: Request, body: ResponsesRequest, client: ClientKey) -> StoredResponse | None:
     if body.previous_response_id is None:
         return None
-    previous = response_store(request).get(body.previous_response_id)
+    # Another key's response is answered exactly like one that was never stored.
+    previous = response_store(request).get(body.previous_response_id, owner=client)
     if previous is None:
         raise invalid_request(
             f"Previous response with id '{body.previous_response_id}' not found "
@@ -234,7 +241,9 @@ def _previous_response(request: Request, body: ResponsesRequest) -> StoredRespon
     return previous
 
 
-async def plan_response(request: Request, body: ResponsesRequest, generator: TextGenerator) -> ResponsePlan:
+async def plan_response(
+    request: Request, body: ResponsesRequest, generator: TextGenerator, client: ClientKey
+) -> ResponsePlan:
     check_request_options(body)
     tools = tool_calls.validate_tools(body.tools, "responses")
     choice = tool_calls.validate_tool_choice(body.tool_choice, tools, "responses")
@@ -245,16 +254,14 @@ async def plan_response(request: Request, body: ResponsesRequest, generator: Tex
         mode = "auto_tools"
     else:
         mode = "text"
-    previous = _previous_response(request, body)
+    previous = _previous_response(request, body, client)
     conversation = conversation_from_input(body, previous)
     messages = template_messages(body, conversation, tool_calls.tool_instructions(tools, choice))
-    try:
-        prompt = generator.encode_chat(messages)
-    except TemplateError as error:
-        # The model's chat template refused this conversation (e.g. a role order it does not accept).
-        raise invalid_request(f"The model's chat template rejected the input: {error}", "input") from None
+    prompt = await encode_prompt(
+        generator, messages, max_chars=api_settings(request).max_prompt_chars, param="input"
+    )
     budget = completion_token_budget(generator, len(prompt), body.requested_max_tokens(), param="input")
-    constraint = await asyncio.to_thread(_build_constraint, generator, body, mode, callable_tools)
+    constraint = await asyncio.to_thread(_build_constraint, generator, body, mode, tools, callable_tools)
     decode = getattr(generator.tokenizer, "decode", None)
     prompt_tail = decode(prompt[-8:]) if decode is not None else ""
     return ResponsePlan(
@@ -322,7 +329,8 @@ class OutputComposer:
 
     def on_finished(self, finished: Finished) -> list[ResponseStreamEvent]:
         if finished.reason == "error":
-            return self.builder.fail(finished.error or "The generation failed.")
+            # The public message names the request id; the engine's text goes to the log.
+            return self.builder.fail(generation_failed(finished.error, finished.error_status).message)
         status: Literal["completed", "incomplete"] = (
             "incomplete" if finished.reason == "length" else "completed"
         )
@@ -395,7 +403,7 @@ class OutputComposer:
 # ---------------------------------------------------------------- store
 
 
-def remember(request: Request, plan: ResponsePlan, builder: ResponseBuilder) -> None:
+def remember(request: Request, plan: ResponsePlan, builder: ResponseBuilder, client: ClientKey) -> None:
     """Keep the conversation plus this answer for a later ``previous_response_id``."""
     if plan.body.store is False or builder.status == "failed":
         return
@@ -415,6 +423,7 @@ def remember(request: Request, plan: ResponsePlan, builder: ResponseBuilder) -> 
             model=plan.body.model,
             conversation=tuple(conversation.messages),
             call_names=tuple(conversation.call_names.items()),
+            owner=client,
         )
     )
 
@@ -448,7 +457,11 @@ async def _compose_whole(generator: TextGenerator, plan: ResponsePlan, composer:
 
 
 async def _stream_frames(
-    request: Request, plan: ResponsePlan, started: StartedGeneration, builder: ResponseBuilder
+    request: Request,
+    plan: ResponsePlan,
+    started: StartedGeneration,
+    builder: ResponseBuilder,
+    client: ClientKey,
 ) -> AsyncIterator[str]:
     composer = OutputComposer(builder, plan)
     for event in builder.start():
@@ -462,40 +475,46 @@ async def _stream_frames(
             else:
                 for event in composer.on_finished(current):
                     yield event_frame(event)
-                remember(request, plan, builder)
+                remember(request, plan, builder, client)
                 break
             current = await _next_event(started.events)
         if current is None:
-            for event in builder.fail("The generation ended unexpectedly."):
+            for event in builder.fail(generation_failed("the engine ended without Finished").message):
                 yield event_frame(event)
     except Exception:
         # The headers are sent, so a failure can only be reported in-band.
-        logger.exception("generation failed during a responses stream")
-        for event in builder.fail("The server had an error while generating."):
+        logger.exception("request %s: generation failed during a responses stream", current_request_id())
+        for event in builder.fail(generation_failed("unexpected exception during a stream").message):
             yield event_frame(event)
     yield SSE_DONE
 
 
 async def _stream_response(
-    request: Request, generator: TextGenerator, plan: ResponsePlan, slot: JobSlot
+    request: Request, generator: TextGenerator, plan: ResponsePlan, slot: JobSlot, client: ClientKey
 ) -> Response:
     started = await start_streamed_generation(request, generator, plan.generation, slot)
     builder = ResponseBuilder(response_settings(plan))
-    return EventStreamResponse(_stream_frames(request, plan, started, builder), on_close=started.close)
+    frames = _stream_frames(request, plan, started, builder, client)
+    return EventStreamResponse(frames, on_close=started.close)
 
 
 @router.post("/v1/responses", response_model=None)
 async def create_response(request: Request, client: AuthenticatedClient) -> Response:
-    body = await read_body(request, ResponsesRequest)
-    generator = generator_for(request, body.model)
-    plan = await plan_response(request, body, generator)
+    # The slot is taken first: decoding, planning and tokenizing are the expensive part of a request.
     slot = job_limiter(request).acquire(client)
+    try:
+        body = await read_body(request, ResponsesRequest)
+        generator = generator_for(request, body.model)
+        plan = await plan_response(request, body, generator, client)
+    except BaseException:
+        slot.release()
+        raise
     if body.stream:
-        return await _stream_response(request, generator, plan, slot)
+        return await _stream_response(request, generator, plan, slot, client)
     builder = ResponseBuilder(response_settings(plan))
     composer = OutputComposer(builder, plan)
     builder.start()
     with slot:
         await cancel_on_disconnect(request, _compose_whole(generator, plan, composer))
-    remember(request, plan, builder)
+    remember(request, plan, builder, client)
     return JSONResponse(builder.body())
