@@ -10,6 +10,8 @@
 * a browser request from another origin (``Origin`` not in the allow-list, or
   ``Sec-Fetch-Site`` cross-site without an ``Origin``) is refused with 403
   ``origin_not_allowed``; clients that send no ``Origin`` (SDKs, curl) pass;
+* an exception no handler answered is logged with the request id and
+  becomes a 500 envelope naming only that id;
 * a body over ``max_body_bytes`` is refused with 413 ``request_too_large``:
   at once from ``Content-Length``, or as soon as a streamed (chunked) body
   passes the limit, since :class:`BodyTooLarge` is raised from ``receive``.
@@ -17,11 +19,12 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from language_pipes.api.errors import REQUEST_ID, APIError, current_request_id
+from language_pipes.api.errors import REQUEST_ID, APIError, current_request_id, internal_error
 from language_pipes.api.settings import ApiSettings, host_is_allowed, origin_is_allowed
 
 Scope = MutableMapping[str, Any]
@@ -29,6 +32,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 __all__ = ["REQUEST_ID_HEADER", "BodyTooLarge", "RequestGuard", "current_request_id", "request_rejection"]
@@ -100,25 +105,43 @@ class RequestGuard:
         request_id = new_request_id()
         token = REQUEST_ID.set(request_id)
         try:
-            send_with_id = _with_request_id(send, request_id)
+            send_with_id = _SendWithId(send, request_id)
             rejection = request_rejection(self.settings, scope)
             if rejection is not None:
                 await rejection.response()(scope, receive, send_with_id)
                 return
             await self.app(scope, _limited_receive(receive, self.settings.max_body_bytes), send_with_id)
+        except Exception:
+            # Anything no handler turned into a response: log it under the request id, answer a
+            # 500 envelope naming that id (never the exception's text) if nothing was sent yet.
+            logger.exception(
+                "request %s: unexpected error while serving %s %s",
+                request_id,
+                scope.get("method"),
+                scope.get("path"),
+            )
+            if send_with_id.started:
+                raise
+            await internal_error().response()(scope, receive, send_with_id)
         finally:
             REQUEST_ID.reset(token)
 
 
-def _with_request_id(send: Send, request_id: str) -> Send:
-    async def send_with_id(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = list(message.get("headers", ()))
-            headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
-            message["headers"] = headers
-        await send(message)
+class _SendWithId:
+    """``send`` adding the request id header to the response, remembering whether one began."""
 
-    return send_with_id
+    def __init__(self, send: Send, request_id: str) -> None:
+        self.send = send
+        self.request_id = request_id
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            headers = list(message.get("headers", ()))
+            headers.append((REQUEST_ID_HEADER.encode(), self.request_id.encode()))
+            message["headers"] = headers
+        await self.send(message)
 
 
 def _limited_receive(receive: Receive, limit: int) -> Receive:
