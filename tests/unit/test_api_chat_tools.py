@@ -10,8 +10,6 @@ That the constraint really forces a valid call is checked on a real node in
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +18,9 @@ from fastapi.testclient import TestClient
 from language_pipes.api.app import create_app
 from language_pipes.engine.constraints import GrammarConstraint
 from support.scripted_engine import ScriptedCatalog, ScriptedGenerator
+from support.tokenized_engine import default_tokenizer
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-TOKENIZER_DIR = Path(os.environ.get("LP_TEST_TOKENIZER_DIR", "/tmp/lp_models/smol"))
 WEATHER = {
     "type": "function",
     "function": {
@@ -37,11 +35,7 @@ ASK_WEATHER = [{"role": "user", "content": "What is the weather in Chicago?"}]
 
 @pytest.fixture(scope="module")
 def real_tokenizer() -> Any:
-    if not (TOKENIZER_DIR / "tokenizer.json").exists():
-        pytest.skip(f"no tokenizer at {TOKENIZER_DIR}")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    return default_tokenizer()
 
 
 def post(generator: ScriptedGenerator, **body: Any) -> Any:

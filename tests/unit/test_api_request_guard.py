@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from language_pipes.api.app import create_app
+from language_pipes.api.guard import request_rejection
 from language_pipes.api.settings import ApiSettings, host_is_allowed
 from language_pipes.config import parse_config
 from support.scripted_engine import ScriptedCatalog, ScriptedGenerator
@@ -88,7 +89,11 @@ async def test_an_endless_chunked_body_is_cut_off_at_the_limit() -> None:
     assert chunks_sent <= 12  # read up to the limit, not on and on
 
 
-def test_a_bad_content_length_is_400() -> None:
+@pytest.mark.parametrize("length", ["abc", "\u00b2", "-1", "1" * 30])
+def test_a_bad_content_length_is_400(length: str) -> None:
+    scope = {"type": "http", "headers": [(b"content-length", length.encode("latin-1"))]}
+    rejection = request_rejection(ApiSettings(), scope)
+    assert rejection is not None and rejection.status == 400
     response = client().post(
         "/v1/chat/completions",
         content=b"{}",

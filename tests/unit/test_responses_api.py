@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,9 +13,9 @@ from pydantic import TypeAdapter
 from language_pipes.api.app import create_app
 from language_pipes.engine.constraints import GrammarConstraint
 from support.scripted_engine import ScriptedCatalog, ScriptedGenerator
+from support.tokenized_engine import default_tokenizer
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-MODEL_DIR = Path(os.environ.get("LP_TEST_TOKENIZER_DIR", "/tmp/lp_models/smol"))
 EVENTS = TypeAdapter(ResponseStreamEvent)
 WEATHER_TOOL = {
     "type": "function",
@@ -56,11 +54,7 @@ def stream_events(client: TestClient, **body: Any) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    if not (MODEL_DIR / "tokenizer.json").exists():
-        pytest.skip(f"no tokenizer at {MODEL_DIR}")
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(MODEL_DIR))
+    return default_tokenizer()
 
 
 def test_plain_response_shape() -> None:

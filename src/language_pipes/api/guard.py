@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -34,6 +35,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 logger = logging.getLogger(__name__)
+
+# ASCII digits only: str.isdigit() also accepts characters such as "²" that int() refuses.
+_DIGITS = re.compile(r"[0-9]{1,20}")
 
 REQUEST_ID_HEADER = "x-request-id"
 __all__ = ["REQUEST_ID_HEADER", "BodyTooLarge", "RequestGuard", "current_request_id", "request_rejection"]
@@ -84,7 +88,7 @@ def request_rejection(settings: ApiSettings, scope: Scope) -> APIError | None:
         return _forbidden("Cross-site browser requests are not allowed.", "origin_not_allowed")
     length = _header(scope, b"content-length")
     if length is not None:
-        if not length.strip().isdigit():
+        if not _DIGITS.fullmatch(length.strip()):
             return APIError(400, "The Content-Length header is not a number.", code="invalid_content_length")
         if int(length) > settings.max_body_bytes:
             return BodyTooLarge(settings.max_body_bytes)
