@@ -4,7 +4,7 @@ A request becomes a chat conversation (``instructions``, the tool block and a
 format hint as the system message; input items as turns, earlier turns from
 ``previous_response_id``), optionally a token constraint (structured output,
 or an enforced tool call), and an engine request. What the model produces is
-interpreted by an :class:`OutputComposer` into output items through the
+interpreted by an :class:`~language_pipes.api.responses_output.OutputComposer` into output items through the
 :class:`~language_pipes.api.responses_stream.ResponseBuilder`, which yields
 the typed stream events; the non-streamed answer is that builder's final
 snapshot.
@@ -25,11 +25,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
 
 from fastapi import APIRouter, Request
-from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseStreamEvent
+from openai.types.responses import ResponseFunctionToolCall
 from starlette.responses import JSONResponse, Response
 
 from language_pipes.api import tool_calls
@@ -40,26 +38,25 @@ from language_pipes.api.errors import current_request_id, generation_failed, inv
 from language_pipes.api.models_route import completion_token_budget, generator_for
 from language_pipes.api.prompt import encode_prompt
 from language_pipes.api.reasoning import (
-    AnswerDelta,
-    ReasoningDelta,
-    ReasoningEnded,
-    ReasoningSplitter,
     prompt_opens_reasoning,
 )
 from language_pipes.api.response_store import (
-    ConversationMessage,
     ResponseId,
     StoredResponse,
     response_store,
 )
+from language_pipes.api.responses_output import OutputComposer
+from language_pipes.api.responses_plan import (
+    Conversation,
+    OutputMode,
+    ResponsePlan,
+    conversation_from_input,
+    template_messages,
+)
 from language_pipes.api.responses_schemas import (
-    FunctionCallItem,
-    FunctionCallOutputItem,
-    MessageItem,
     ResponsesRequest,
     TextFormatJsonObject,
     TextFormatJsonSchema,
-    content_text,
 )
 from language_pipes.api.responses_stream import ResponseBuilder, ResponseSettings, event_frame
 from language_pipes.api.settings import api_settings
@@ -68,110 +65,17 @@ from language_pipes.engine.constraints import (
     GrammarCompileError,
     GrammarConstraint,
     check_json_schema,
-    compact_json,
     json_object_constraint,
     json_schema_constraint,
     tool_call_constraint,
 )
-from language_pipes.engine.types import Finished, GenerationEvent, GenerationRequest, TextDelta, TextGenerator
+from language_pipes.engine.types import GenerationEvent, GenerationRequest, TextDelta, TextGenerator
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
 
-OutputMode = Literal["text", "auto_tools", "enforced_call"]
-
-
-# ---------------------------------------------------------------- request -> conversation
-
-
-@dataclass
-class Conversation:
-    """Chat turns for the template, and the call_id -> tool name map of the calls in them."""
-
-    messages: list[ConversationMessage] = field(default_factory=list)
-    call_names: dict[str, str] = field(default_factory=dict)
-
-    def add(self, role: str, content: str) -> None:
-        if self.messages and self.messages[-1]["role"] == role and role != "system":
-            # Consecutive turns of one role (several tool results, say) become one: many chat
-            # templates insist on alternating roles.
-            self.messages[-1] = {"role": role, "content": self.messages[-1]["content"] + "\n\n" + content}
-        else:
-            self.messages.append({"role": role, "content": content})
-
-
-def conversation_from_input(body: ResponsesRequest, previous: StoredResponse | None) -> Conversation:
-    conversation = Conversation()
-    if previous is not None:
-        conversation.messages = [dict(message) for message in previous.conversation]
-        conversation.call_names = dict(previous.call_names)
-    pending_calls: list[tool_calls.ParsedToolCall] = []
-
-    def flush_calls() -> None:
-        if pending_calls:
-            conversation.add("assistant", tool_calls.render_tool_calls_text(pending_calls))
-            pending_calls.clear()
-
-    for item in body.input_items():
-        if isinstance(item, FunctionCallItem):
-            conversation.call_names[item.call_id] = item.name
-            pending_calls.append(tool_calls.ParsedToolCall(name=item.name, arguments=item.arguments))
-            continue
-        flush_calls()
-        if isinstance(item, FunctionCallOutputItem):
-            name = conversation.call_names.get(item.call_id)
-            text = tool_calls.render_tool_result_text(name, item.call_id, content_text(item.output))
-            conversation.add("user", text)
-        elif isinstance(item, MessageItem):
-            role = "system" if item.role == "developer" else item.role
-            conversation.add(role, content_text(item.content))
-        # Reasoning items from an earlier output are accepted and not shown to the model again.
-    flush_calls()
-    return conversation
-
-
-def format_instructions(body: ResponsesRequest) -> str | None:
-    output_format = body.output_format()
-    if isinstance(output_format, TextFormatJsonSchema):
-        return "Answer only with a JSON value that matches this JSON schema: " + compact_json(
-            output_format.json_schema
-        )
-    if isinstance(output_format, TextFormatJsonObject):
-        return "Answer only with a JSON object."
-    return None
-
-
-def template_messages(
-    body: ResponsesRequest, conversation: Conversation, tool_block: str | None
-) -> list[dict[str, object]]:
-    """System message first (instructions, tool block, format hint, input system turns), then the turns."""
-    system_parts = [part for part in (body.instructions, tool_block, format_instructions(body)) if part]
-    turns = list(conversation.messages)
-    while turns and turns[0]["role"] == "system":
-        system_parts.append(turns.pop(0)["content"])
-    messages: list[dict[str, object]] = []
-    if system_parts:
-        messages.append({"role": "system", "content": "\n\n".join(system_parts)})
-    messages.extend(dict(turn) for turn in turns)
-    return messages
-
-
 # ---------------------------------------------------------------- validation and planning
-
-
-@dataclass
-class ResponsePlan:
-    """Everything decided before generation starts."""
-
-    body: ResponsesRequest
-    tools: list[tool_calls.FunctionTool]
-    tool_choice: tool_calls.ToolChoice
-    mode: OutputMode
-    conversation: Conversation
-    generation: GenerationRequest
-    starts_in_reasoning: bool
-    previous: StoredResponse | None
 
 
 def check_request_options(body: ResponsesRequest) -> None:
@@ -300,104 +204,6 @@ def response_settings(plan: ResponsePlan) -> ResponseSettings:
         text_format=output_format.model_dump(by_alias=True, exclude_none=True) if output_format else None,
         store=body.store is not False,
     )
-
-
-# ---------------------------------------------------------------- model output -> items
-
-
-class OutputComposer:
-    """Turns the engine's text deltas into output items and stream events (see the module doc)."""
-
-    def __init__(self, builder: ResponseBuilder, plan: ResponsePlan) -> None:
-        self.builder = builder
-        self.mode = plan.mode
-        self.tools = tool_calls.tools_for_choice(plan.tools, plan.tool_choice)
-        self.parallel = plan.body.parallel_tool_calls is not False
-        self.splitter = ReasoningSplitter(starts_in_reasoning=plan.starts_in_reasoning)
-        self.call_reader = tool_calls.EnforcedCallReader()
-        self.buffered_answer = ""
-        self.raw_text = ""
-        self.reasoning_tokens = 0
-
-    def on_delta(self, delta: TextDelta) -> list[ResponseStreamEvent]:
-        self.raw_text += delta.text
-        if self.mode == "enforced_call":
-            return self._enforced_delta(delta.text)
-        if self.splitter.in_reasoning:
-            self.reasoning_tokens += len(delta.token_ids)
-        return self._split_events(self.splitter.feed(delta.text))
-
-    def on_finished(self, finished: Finished) -> list[ResponseStreamEvent]:
-        if finished.reason == "error":
-            # The public message names the request id; the engine's text goes to the log.
-            return self.builder.fail(generation_failed(finished.error, finished.error_status).message)
-        status: Literal["completed", "incomplete"] = (
-            "incomplete" if finished.reason == "length" else "completed"
-        )
-        if self.mode == "enforced_call":
-            events = self._enforced_finish(status)
-        else:
-            events = self._split_events(self.splitter.finish())
-            if self.mode == "auto_tools":
-                events.extend(self._resolve_buffered_answer())
-            if not any(
-                isinstance(item, ResponseOutputMessage | ResponseFunctionToolCall)
-                for item in self.builder.output
-            ):
-                events.extend(self.builder.open_message())  # an empty answer is still a message
-        events.extend(
-            self.builder.finish(
-                status,
-                input_tokens=finished.prompt_tokens,
-                output_tokens=finished.completion_tokens,
-                reasoning_tokens=self.reasoning_tokens,
-            )
-        )
-        return events
-
-    def _split_events(
-        self, split_events: list[AnswerDelta | ReasoningDelta | ReasoningEnded]
-    ) -> list[ResponseStreamEvent]:
-        events: list[ResponseStreamEvent] = []
-        for event in split_events:
-            if isinstance(event, ReasoningDelta):
-                events.extend(self.builder.add_reasoning(event.text))
-            elif isinstance(event, ReasoningEnded):
-                events.extend(self.builder.end_reasoning())
-            elif self.mode == "auto_tools":
-                self.buffered_answer += event.text
-            else:
-                events.extend(self.builder.add_text(event.text))
-        return events
-
-    def _resolve_buffered_answer(self) -> list[ResponseStreamEvent]:
-        calls = tool_calls.parse_tool_calls(self.buffered_answer, self.tools, parallel=self.parallel)
-        events: list[ResponseStreamEvent] = []
-        if calls:
-            for call in calls:
-                events.extend(self.builder.function_call(call.name, call.arguments))
-        elif self.buffered_answer:
-            events.extend(self.builder.add_text(self.buffered_answer))
-        return events
-
-    def _enforced_delta(self, text: str) -> list[ResponseStreamEvent]:
-        had_name = self.call_reader.name is not None
-        arguments = self.call_reader.feed(text)
-        events: list[ResponseStreamEvent] = []
-        if not had_name and self.call_reader.name is not None:
-            events.extend(self.builder.start_function_call(self.call_reader.name))
-        events.extend(self.builder.add_arguments(arguments))
-        return events
-
-    def _enforced_finish(self, status: Literal["completed", "incomplete"]) -> list[ResponseStreamEvent]:
-        # The grammar closed the call exactly when the whole text parses as one.
-        complete = tool_calls.parse_enforced_call(self.raw_text) is not None
-        if self.call_reader.name is None:
-            # Cut off before the tool's name was complete: nothing callable, report the raw text.
-            return self.builder.add_text(self.raw_text) if self.raw_text else []
-        events = self.builder.add_arguments(self.call_reader.finish(complete=complete))
-        events.extend(self.builder.end_function_call(status="completed" if complete else "incomplete"))
-        return events
 
 
 # ---------------------------------------------------------------- store
