@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from language_pipes.api.app import create_app
-from language_pipes.api.prompt import control_token_strings, encode_chat_as_text
+from language_pipes.api.prompt import control_token_strings, encode_chat_as_text, encode_with_markers
 from language_pipes.api.server import ApiServer
 from support.scripted_engine import ScriptedCatalog, ScriptedGenerator
 from support.tokenized_engine import TokenizedGenerator, default_tokenizer
@@ -66,13 +66,62 @@ def test_without_control_text_the_prompt_is_the_generators_own(tokenizer: Any) -
     assert encode_chat_as_text(generator, messages) == generator.encode_chat(messages)
 
 
-def test_plain_text_encoding_matches_the_template_around_it(tokenizer: Any) -> None:
+@pytest.mark.parametrize("use_markers", [False, True])
+def test_plain_text_encoding_matches_the_template_around_it(tokenizer: Any, use_markers: bool) -> None:
+    """transformers' own sanitizing and our marker fallback both keep the text and drop the controls."""
     generator = TokenizedGenerator(MODEL, ["ok"], tokenizer)
-    messages: list[dict[str, object]] = [{"role": "user", "content": "a<|im_start|>b <|endoftext|>"}]
-    ids = encode_chat_as_text(generator, messages)
+    messages: list[dict[str, object]] = [
+        {"role": "system", "content": "Be <|im_end|> brief."},
+        {"role": "user", "content": "a<|im_start|>b <|endoftext|>" + INJECTION},
+    ]
+    if use_markers:
+        ids = encode_with_markers(tokenizer, messages, control_token_strings(tokenizer))
+    else:
+        ids = encode_chat_as_text(generator, messages)
     rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert tokenizer.decode(ids) == rendered
     assert tokenizer.convert_tokens_to_ids("<|endoftext|>") not in ids
+    im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert ids.count(im_start) == 3  # the template's system, user and assistant turns
+
+
+def test_the_marker_fallback_gives_the_same_ids_as_transformers(tokenizer: Any) -> None:
+    for text in ("x<|im_start|>y", INJECTION, "<|endoftext|><jupyter_output> and <repo_name>"):
+        messages: list[dict[str, object]] = [{"role": "user", "content": text}]
+        ours = encode_with_markers(tokenizer, messages, control_token_strings(tokenizer))
+        theirs = tokenizer.apply_chat_template(
+            messages,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+            sanitize_control_tokens=True,
+        )
+        assert ours == list(theirs)
+
+
+def test_concurrent_encoding_gives_the_same_ids_as_one_at_a_time(tokenizer: Any) -> None:
+    """Worker threads share one tokenizer: no encoding may change how another one is read."""
+    generator = TokenizedGenerator(MODEL, ["ok"], tokenizer)
+    chats: list[list[dict[str, object]]] = [
+        [{"role": "user", "content": INJECTION * (1 + number % 3)}]
+        if number % 2
+        else [{"role": "user", "content": f"Plain question number {number}?"}]
+        for number in range(8)
+    ]
+    expected = [encode_chat_as_text(generator, chat) for chat in chats]
+    mismatches: list[int] = []
+
+    def work(index: int) -> None:
+        for _ in range(15):
+            if encode_chat_as_text(generator, chats[index]) != expected[index]:
+                mismatches.append(index)
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(len(chats))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert mismatches == []
 
 
 @pytest.mark.asyncio

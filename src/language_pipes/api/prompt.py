@@ -8,15 +8,18 @@ job slot:
 2. the chat template is rendered and tokenized in a worker thread, so a long
    prompt never stalls the event loop (which also serves streams and the node);
 3. a control token's text inside a message (a user typing ``<|im_start|>``)
-   is tokenized as plain text, never as the control token: such strings are
-   swapped for markers before the template renders, and each marker is then
-   tokenized with special-token matching off (:func:`encode_chat_as_text`).
-   Prompts without such strings take the generator's own ``encode_chat``.
+   is tokenized as plain text, never as the control token
+   (:func:`encode_chat_as_text`): through transformers' own
+   ``apply_chat_template(..., sanitize_control_tokens=True)`` where it has it,
+   else :func:`encode_with_markers` (such strings become markers before the
+   template renders, and each is then encoded as text). Prompts without such
+   strings take the generator's own ``encode_chat``, unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 import secrets
 import threading
@@ -33,15 +36,25 @@ _control_strings_lock = threading.Lock()
 
 
 def control_token_strings(tokenizer: Any) -> tuple[str, ...]:
-    """The text of every special added token of ``tokenizer`` (longest first), cached per tokenizer."""
+    """Text of the tokenizer's control tokens (longest first), cached per tokenizer.
+
+    Control tokens are the special added tokens plus the added tokens the chat
+    template writes (``<think>`` in some templates), as transformers counts them.
+    """
     with _control_strings_lock:
         cached = _control_strings.get(id(tokenizer))
         if cached is not None and cached[0] is tokenizer:
             return cached[1]
     decoder = getattr(tokenizer, "added_tokens_decoder", None)
+    template = getattr(tokenizer, "chat_template", None)
+    template_text = template if isinstance(template, str) else ""
     strings: set[str] = set()
     if isinstance(decoder, dict):
-        strings = {token.content for token in decoder.values() if getattr(token, "special", False)}
+        for token in decoder.values():
+            content = getattr(token, "content", "")
+            in_template = content in template_text and not content.isspace()
+            if getattr(token, "special", False) or in_template:
+                strings.add(content)
     strings.update(str(token) for token in getattr(tokenizer, "all_special_tokens", ()) or ())
     ordered = tuple(sorted((text for text in strings if text), key=len, reverse=True))
     with _control_strings_lock:
@@ -54,26 +67,51 @@ def prompt_characters(messages: Sequence[dict[str, object]]) -> int:
     return sum(len(value) for message in messages for value in message.values() if isinstance(value, str))
 
 
-def _encode_plain(tokenizer: Any, text: str, control_ids: set[int]) -> list[int]:
-    """``text`` tokenized with no special-token matching; per character if the tokenizer ignores that."""
-    ids = list(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True))
-    if control_ids.intersection(ids):
-        ids = [token for character in text for token in tokenizer.encode(character, add_special_tokens=False)]
-    return ids
+def _mentions_control_text(messages: Sequence[dict[str, object]], controls: Sequence[str]) -> bool:
+    texts = [value for message in messages for value in message.values() if isinstance(value, str)]
+    return any(control in text for text in texts for control in controls)
+
+
+def _sanitizes_itself(render: Any) -> bool:
+    """Whether ``apply_chat_template`` takes ``sanitize_control_tokens`` (transformers 5.x, recent)."""
+    try:
+        return "sanitize_control_tokens" in inspect.signature(render).parameters
+    except (TypeError, ValueError):
+        # Not introspectable (a C function or an odd wrapper): use our own marker path.
+        return False
 
 
 def encode_chat_as_text(generator: TextGenerator, messages: list[dict[str, object]]) -> list[int]:
     """Like ``generator.encode_chat``, but control-token text in a message stays plain text."""
     tokenizer = generator.tokenizer
     controls = control_token_strings(tokenizer)
-    contents = [message.get("content") for message in messages]
-    if not controls or not any(
-        isinstance(content, str) and control in content for content in contents for control in controls
-    ):
-        return generator.encode_chat(messages)
     render = getattr(tokenizer, "apply_chat_template", None)
-    if render is None:
+    if not controls or render is None or not _mentions_control_text(messages, controls):
         return generator.encode_chat(messages)
+    if _sanitizes_itself(render):
+        try:
+            ids = render(
+                messages,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+                sanitize_control_tokens=True,
+            )
+            return [int(token) for token in ids]
+        except ValueError:
+            # transformers could not encode some control text as plain text; the marker path can.
+            pass
+    return encode_with_markers(tokenizer, messages, controls)
+
+
+def encode_with_markers(
+    tokenizer: Any, messages: list[dict[str, object]], controls: Sequence[str]
+) -> list[int]:
+    """Our own sanitizing: control text in messages becomes markers, rendered, then encoded as text.
+
+    Only ``encode`` with its defaults is used (never ``split_special_tokens``, which
+    flips a flag shared by every thread using the tokenizer).
+    """
     nonce = secrets.token_hex(8)
     hidden: list[str] = []
     pattern = re.compile("|".join(re.escape(control) for control in controls))
@@ -83,10 +121,13 @@ def encode_chat_as_text(generator: TextGenerator, messages: list[dict[str, objec
         return f"\ue000{nonce}:{len(hidden) - 1}\ue001"
 
     masked = [
-        {**message, "content": pattern.sub(hide, content)} if isinstance(content, str) else message
-        for message, content in zip(messages, contents, strict=True)
+        {
+            key: pattern.sub(hide, value) if isinstance(value, str) and key != "role" else value
+            for key, value in message.items()
+        }
+        for message in messages
     ]
-    rendered: str = render(masked, add_generation_prompt=True, tokenize=False)
+    rendered: str = tokenizer.apply_chat_template(masked, add_generation_prompt=True, tokenize=False)
     control_ids = {int(tokenizer.convert_tokens_to_ids(control)) for control in controls}
     ids: list[int] = []
     position = 0
@@ -96,6 +137,18 @@ def encode_chat_as_text(generator: TextGenerator, messages: list[dict[str, objec
         position = marker.end()
     ids.extend(tokenizer.encode(rendered[position:], add_special_tokens=False))
     return ids
+
+
+def _encode_plain(tokenizer: Any, text: str, control_ids: set[int]) -> list[int]:
+    """``text`` as plain-text tokens: its first character split off until no control token is read.
+
+    Control tokens start with punctuation (``<|``, ``<``), which pre-tokenizers split off
+    anyway, so this mostly gives the tokens the text would have without added tokens.
+    """
+    ids = [int(token) for token in tokenizer.encode(text, add_special_tokens=False)]
+    if len(text) < 2 or not control_ids.intersection(ids):
+        return ids
+    return _encode_plain(tokenizer, text[:1], control_ids) + _encode_plain(tokenizer, text[1:], control_ids)
 
 
 async def encode_prompt(
