@@ -98,6 +98,9 @@ def generation_failed(message: str | None, status: int = 500) -> APIError:
     if status == 503:
         public = "The pipe serving this model failed while generating; try again."
         error_type = "service_unavailable"
+    elif status == 504:
+        public = "The pipe serving this model did not answer in time; try again."
+        error_type = "server_error"
     else:
         public = "The server had an error while generating."
         error_type = "server_error"
