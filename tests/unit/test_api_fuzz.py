@@ -27,7 +27,7 @@ from support.tokenized_engine import TokenizedGenerator, default_tokenizer
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 API_KEY = "fuzz-key"
-EXAMPLES_PER_TEST = 150
+EXAMPLES_PER_TEST = 200
 TOTAL_EXAMPLES = 3 * EXAMPLES_PER_TEST
 REQUEST_TIMEOUT_S = 10.0
 FUZZ = settings(
