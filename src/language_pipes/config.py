@@ -174,6 +174,12 @@ class NodeConfig(_StrictModel):
     job_port: Port | None = None
     api_keys: tuple[NonEmptyText, ...] = ()
     max_api_jobs: int = Field(default=5, ge=1)
+    # API hardening (see language_pipes.api.settings): body size, prompt size, browsers, stored responses.
+    api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    api_max_prompt_chars: int = Field(default=1_000_000, ge=1)
+    api_allowed_origins: tuple[NonEmptyText, ...] = ()
+    api_allowed_hosts: tuple[NonEmptyText, ...] = ()
+    api_response_store_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_node_jobs: int = Field(default=10, ge=1)
     peer_port: Port = 5000
     # Step lanes (direct channels for hidden states); unset: a free port, announced by gossip.
@@ -191,7 +197,14 @@ class NodeConfig(_StrictModel):
     batch_invariant: bool = False
 
     @field_validator(
-        "api_keys", "whitelist_node_ids", "bootstrap_nodes", "layer_models", "end_models", mode="before"
+        "api_keys",
+        "whitelist_node_ids",
+        "bootstrap_nodes",
+        "layer_models",
+        "end_models",
+        "api_allowed_origins",
+        "api_allowed_hosts",
+        mode="before",
     )
     @classmethod
     def _list_to_tuple(cls, value: Any) -> Any:

@@ -18,6 +18,7 @@ import torch
 
 from language_pipes.api.app import create_app
 from language_pipes.api.server import ApiServer
+from language_pipes.api.settings import ApiSettings
 from language_pipes.config import EndModelConfig, LayerModelConfig, NodeConfig
 from language_pipes.engine.generator import ModelGenerator
 from language_pipes.engine.scheduler import Scheduler
@@ -107,7 +108,12 @@ class Node:
         self._start_schedulers()
         self._tasks.append(asyncio.create_task(self._report_load()))
         if self.config.job_port is not None:
-            app = create_app(self, api_keys=list(self.config.api_keys), max_api_jobs=self.config.max_api_jobs)
+            app = create_app(
+                self,
+                api_keys=list(self.config.api_keys),
+                max_api_jobs=self.config.max_api_jobs,
+                settings=ApiSettings.from_config(self.config),
+            )
             self.api_server = ApiServer(app, host="0.0.0.0", port=self.config.job_port)
             await self.api_server.start()
             log.info("OpenAI-compatible API on http://127.0.0.1:%d/v1", self.config.job_port)

@@ -21,7 +21,7 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Hello!"}]}
 
 def keyed_client(keys: list[str]) -> TestClient:
     app = create_app(ScriptedCatalog(ScriptedGenerator(MODEL, ["hi"])), api_keys=keys, max_api_jobs=5)
-    return TestClient(app, raise_server_exceptions=False)
+    return TestClient(app, raise_server_exceptions=False, base_url="http://localhost")
 
 
 def assert_unauthorized(response: Any) -> None:

@@ -17,7 +17,7 @@ USER_HELLO = [{"role": "user", "content": "Hello!"}]
 def make_client(generator: ScriptedGenerator | None = None, **catalog_options: Any) -> TestClient:
     generator = generator or ScriptedGenerator(MODEL, ["Hel", "lo", " there", "!"])
     app = create_app(ScriptedCatalog(generator, **catalog_options), api_keys=[], max_api_jobs=5)
-    return TestClient(app, raise_server_exceptions=False)
+    return TestClient(app, raise_server_exceptions=False, base_url="http://localhost")
 
 
 def post_chat(client: TestClient, **body: Any) -> Any:
@@ -235,8 +235,11 @@ def test_model_without_complete_pipe_is_503() -> None:
 
 def test_engine_failure_before_output_keeps_its_status() -> None:
     failing = ScriptedGenerator(MODEL, [], reason="error", error="the pipe broke", error_status=503)
-    error = assert_error(post_chat(make_client(failing)), 503, None)
-    assert error["message"] == "the pipe broke"
+    response = post_chat(make_client(failing))
+    error = assert_error(response, 503, None)
+    # What failed, and the request id of the log line with the engine's details; not the details.
+    assert "the pipe broke" not in error["message"] and "failed" in error["message"]
+    assert response.headers["x-request-id"] in error["message"]
     assert failing.records[0].closed.is_set()
 
 

@@ -39,7 +39,7 @@ def real_tokenizer(default_tokenizer: Any) -> Any:
 
 def post(generator: ScriptedGenerator, **body: Any) -> Any:
     app = create_app(ScriptedCatalog(generator), api_keys=[], max_api_jobs=5)
-    client = TestClient(app, raise_server_exceptions=False)
+    client = TestClient(app, raise_server_exceptions=False, base_url="http://localhost")
     return client.post("/v1/chat/completions", json={"model": MODEL, "messages": ASK_WEATHER, **body})
 
 

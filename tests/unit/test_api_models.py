@@ -13,7 +13,7 @@ MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 def client_for(*model_ids: str) -> TestClient:
     catalog = ScriptedCatalog(*(ScriptedGenerator(model_id, ["x"]) for model_id in model_ids))
-    return TestClient(create_app(catalog, api_keys=[], max_api_jobs=1))
+    return TestClient(create_app(catalog, api_keys=[], max_api_jobs=1), base_url="http://localhost")
 
 
 def test_list_shows_exactly_the_servable_models() -> None:

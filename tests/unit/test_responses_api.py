@@ -29,7 +29,7 @@ def make_client(pieces: list[str], tokenizer: Any = None) -> tuple[TestClient, S
     if tokenizer is not None:
         generator.tokenizer = tokenizer
     app = create_app(ScriptedCatalog(generator), api_keys=[], max_api_jobs=5)
-    return TestClient(app, raise_server_exceptions=False), generator
+    return TestClient(app, raise_server_exceptions=False, base_url="http://localhost"), generator
 
 
 def post(client: TestClient, **body: Any) -> Any:

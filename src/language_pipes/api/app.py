@@ -13,9 +13,14 @@ Shared state on ``app.state`` (read through the helpers named here):
   (:func:`language_pipes.api.auth.authenticate`, ``AuthenticatedClient``);
 * ``job_limiter``: the per-key :class:`JobLimiter` of requests in flight
   (:func:`language_pipes.api.auth.job_limiter`);
-* ``started_at``: Unix time the app was created (``created`` of model cards).
+* ``started_at``: Unix time the app was created (``created`` of model cards);
+* ``settings``: the :class:`ApiSettings` (body and prompt limits, allowed
+  origins and hosts, response store bounds).
 
-Building blocks for another endpoint: ``schemas.read_body`` and
+Outermost is the :class:`~language_pipes.api.guard.RequestGuard` (request id,
+Host/Origin checks, body size limit), then CORS for the allowed origins.
+
+Building blocks for another endpoint: ``body.read_body`` and
 ``schemas.SamplingFields``, ``models_route.completion_token_budget``,
 ``chat.run_generation`` / ``chat.start_streamed_generation`` /
 ``chat.error_event``, ``sse.EventStreamResponse`` / ``sse.sse_event`` /
@@ -31,17 +36,22 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
 from language_pipes.api import chat, models_route
 from language_pipes.api.auth import JobLimiter
 from language_pipes.api.errors import (
     APIError,
+    current_request_id,
     internal_error,
     method_not_allowed,
     route_not_found,
 )
+from language_pipes.api.guard import RequestGuard
+from language_pipes.api.response_store import ResponseStore
 from language_pipes.api.schemas import validation_error_to_api_error
+from language_pipes.api.settings import ANY, ApiSettings
 from language_pipes.api.sse import ClientDisconnected
 from language_pipes.engine.types import ModelCatalog
 
@@ -77,7 +87,12 @@ async def _client_disconnected(request: Request, error: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, error: Exception) -> Response:
-    logger.exception("unexpected error while serving %s %s", request.method, request.url.path)
+    logger.exception(
+        "request %s: unexpected error while serving %s %s",
+        current_request_id(),
+        request.method,
+        request.url.path,
+    )
     return internal_error().response()
 
 
@@ -91,8 +106,15 @@ def _include_responses_router(app: FastAPI) -> None:
     app.include_router(responses.router)
 
 
-def create_app(catalog: ModelCatalog, *, api_keys: list[str], max_api_jobs: int) -> FastAPI:
+def create_app(
+    catalog: ModelCatalog,
+    *,
+    api_keys: list[str],
+    max_api_jobs: int,
+    settings: ApiSettings | None = None,
+) -> FastAPI:
     """The API app for one node; ``max_api_jobs`` requests in flight per key."""
+    settings = settings or ApiSettings()
     app = FastAPI(
         title="Language Pipes",
         summary="OpenAI-compatible API of a Language Pipes node",
@@ -104,6 +126,10 @@ def create_app(catalog: ModelCatalog, *, api_keys: list[str], max_api_jobs: int)
     app.state.api_keys = frozenset(api_keys)
     app.state.job_limiter = JobLimiter(max_api_jobs)
     app.state.started_at = int(time.time())
+    app.state.settings = settings
+    app.state.response_store = ResponseStore(
+        settings.response_store_entries, max_bytes=settings.response_store_bytes
+    )
 
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -114,4 +140,11 @@ def create_app(catalog: ModelCatalog, *, api_keys: list[str], max_api_jobs: int)
     app.include_router(chat.router)
     app.include_router(models_route.router)
     _include_responses_router(app)
+    if settings.allowed_origins:
+        # Browsers on an allowed origin need CORS answers; the guard has refused every other origin.
+        origins = ["*"] if ANY in settings.allowed_origins else sorted(settings.allowed_origins)
+        app.add_middleware(
+            CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["*"]
+        )
+    app.add_middleware(RequestGuard, settings=settings)
     return app

@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
-from jinja2.exceptions import TemplateError
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.chat.chat_completion import Choice
@@ -30,10 +29,13 @@ from starlette.responses import JSONResponse, Response
 
 from language_pipes.api import chat_tools
 from language_pipes.api.auth import AuthenticatedClient, JobSlot, job_limiter
-from language_pipes.api.errors import generation_failed, invalid_request
+from language_pipes.api.body import read_body
+from language_pipes.api.errors import current_request_id, generation_failed, invalid_request
 from language_pipes.api.models_route import completion_token_budget, generator_for
+from language_pipes.api.prompt import encode_prompt
 from language_pipes.api.reasoning import prompt_opens_reasoning
-from language_pipes.api.schemas import ChatCompletionRequest, read_body
+from language_pipes.api.schemas import ChatCompletionRequest
+from language_pipes.api.settings import api_settings
 from language_pipes.api.sse import SSE_DONE, EventStreamResponse, cancel_on_disconnect, sse_event
 from language_pipes.engine.types import (
     Finished,
@@ -182,17 +184,16 @@ class ChatGeneration:
     starts_in_reasoning: bool
 
 
-def build_chat_generation(
-    body: ChatCompletionRequest, generator: TextGenerator, plan: chat_tools.ChatOutputPlan
+async def build_chat_generation(
+    request: Request, body: ChatCompletionRequest, generator: TextGenerator, plan: chat_tools.ChatOutputPlan
 ) -> ChatGeneration:
-    """Apply the chat template and turn the body and its output plan into an engine request."""
-    try:
-        prompt = generator.encode_chat(chat_tools.chat_template_messages(body, plan))
-    except TemplateError as error:
-        # The model's chat template refused this conversation (e.g. a role order it does not accept).
-        raise invalid_request(
-            f"The model's chat template rejected the messages: {error}", "messages"
-        ) from None
+    """Apply the chat template (off the event loop) and turn the body and its plan into an engine request."""
+    prompt = await encode_prompt(
+        generator,
+        chat_tools.chat_template_messages(body, plan),
+        max_chars=api_settings(request).max_prompt_chars,
+        param="messages",
+    )
     budget = completion_token_budget(generator, len(prompt), body.requested_max_tokens())
     decode = getattr(generator.tokenizer, "decode", None)
     prompt_tail = decode(prompt[-8:]) if decode is not None else ""
@@ -312,7 +313,7 @@ async def chat_stream_frames(
             yield error_event("The generation ended unexpectedly.")
     except Exception:
         # The headers are sent, so an engine failure can only be reported in-band.
-        logger.exception("generation failed during a stream")
+        logger.exception("request %s: generation failed during a stream", current_request_id())
         yield error_event("The server had an error while generating.")
     yield SSE_DONE
 
@@ -332,13 +333,18 @@ async def _stream_chat(
 
 @router.post("/v1/chat/completions", response_model=None)
 async def create_chat_completion(request: Request, client: AuthenticatedClient) -> Response:
-    body = await read_body(request, ChatCompletionRequest)
-    reject_unsupported_chat_options(body)
-    generator = generator_for(request, body.model)
-    # Compiling a grammar for tools or response_format can take a moment: keep it off the event loop.
-    plan = await asyncio.to_thread(chat_tools.plan_chat_output, body, generator)
-    chat = build_chat_generation(body, generator, plan)
+    # The slot is taken first: decoding, planning and tokenizing are the expensive part of a request.
     slot = job_limiter(request).acquire(client)
+    try:
+        body = await read_body(request, ChatCompletionRequest)
+        reject_unsupported_chat_options(body)
+        generator = generator_for(request, body.model)
+        # Compiling a grammar for tools or response_format can take a moment: keep it off the event loop.
+        plan = await asyncio.to_thread(chat_tools.plan_chat_output, body, generator)
+        chat = await build_chat_generation(request, body, generator, plan)
+    except BaseException:
+        slot.release()
+        raise
     if body.stream:
         return await _stream_chat(request, generator, chat, body, slot)
     with slot:

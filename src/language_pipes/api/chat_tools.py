@@ -104,7 +104,13 @@ def plan_chat_output(body: ChatCompletionRequest, generator: TextGenerator) -> C
                     )
                 except GrammarCompileError as error:
                     raise invalid_request(str(error), param=f"tools[{index}].function.parameters") from None
-        constraint = tool_call_constraint(tokenizer, {tool.name: tool.parameters for tool in callable_tools})
+        try:
+            constraint = tool_call_constraint(
+                tokenizer, {tool.name: tool.parameters for tool in callable_tools}
+            )
+        except GrammarCompileError as error:
+            # Each schema compiled alone; only their combination failed.
+            raise invalid_request(str(error), param="tools") from None
     else:
         mode = "auto_tools" if callable_tools else "text"
         if isinstance(response_format, JsonSchemaFormat):

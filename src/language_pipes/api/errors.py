@@ -6,9 +6,21 @@ Every failure the API reports is an :class:`APIError`; the app turns it into
 
 from __future__ import annotations
 
+import contextvars
+import logging
 from typing import Any
 
 from fastapi.responses import JSONResponse
+
+logger = logging.getLogger(__name__)
+
+# Set by the request guard (language_pipes.api.guard) for the request being served.
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("api_request_id", default=None)
+
+
+def current_request_id() -> str | None:
+    """The id of the request being served in this context (None outside a request)."""
+    return REQUEST_ID.get()
 
 
 class APIError(Exception):
@@ -69,16 +81,30 @@ def model_unavailable(model: str) -> APIError:
     )
 
 
+def _with_request_id(message: str) -> str:
+    request_id = current_request_id()
+    return f"{message} (request id {request_id})" if request_id else message
+
+
 def generation_failed(message: str | None, status: int = 500) -> APIError:
-    """The engine reported an error before anything was sent to the client."""
-    error_type = (
-        "service_unavailable"
-        if status == 503
-        else "server_error"
-        if status >= 500
-        else ("invalid_request_error")
-    )
-    return APIError(status, message or "The generation failed.", error_type=error_type)
+    """The engine reported an error; a 5xx keeps its details in the log, not in the body.
+
+    A 4xx is about the request and keeps the engine's message; a 5xx says only
+    what failed and names the request id, and the engine's text is logged with it.
+    """
+    if status < 500:
+        return APIError(status, message or "The generation failed.", error_type="invalid_request_error")
+    logger.warning("request %s: generation failed (%d): %s", current_request_id(), status, message)
+    if status == 503:
+        public = "The pipe serving this model failed while generating; try again."
+        error_type = "service_unavailable"
+    elif status == 504:
+        public = "The pipe serving this model did not answer in time; try again."
+        error_type = "server_error"
+    else:
+        public = "The server had an error while generating."
+        error_type = "server_error"
+    return APIError(status, _with_request_id(public), error_type=error_type)
 
 
 def route_not_found(method: str, path: str) -> APIError:
@@ -93,4 +119,8 @@ def method_not_allowed(method: str, path: str, allowed: str | None) -> APIError:
 
 
 def internal_error() -> APIError:
-    return APIError(500, "The server had an error while processing your request.", error_type="server_error")
+    return APIError(
+        500,
+        _with_request_id("The server had an error while processing your request."),
+        error_type="server_error",
+    )

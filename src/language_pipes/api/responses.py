@@ -4,7 +4,7 @@ A request becomes a chat conversation (``instructions``, the tool block and a
 format hint as the system message; input items as turns, earlier turns from
 ``previous_response_id``), optionally a token constraint (structured output,
 or an enforced tool call), and an engine request. What the model produces is
-interpreted by an :class:`OutputComposer` into output items through the
+interpreted by an :class:`~language_pipes.api.responses_output.OutputComposer` into output items through the
 :class:`~language_pipes.api.responses_stream.ResponseBuilder`, which yields
 the typed stream events; the non-streamed answer is that builder's final
 snapshot.
@@ -25,152 +25,57 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
 
 from fastapi import APIRouter, Request
-from jinja2.exceptions import TemplateError
-from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseStreamEvent
+from openai.types.responses import ResponseFunctionToolCall
 from starlette.responses import JSONResponse, Response
 
 from language_pipes.api import tool_calls
-from language_pipes.api.auth import AuthenticatedClient, JobSlot, job_limiter
+from language_pipes.api.auth import AuthenticatedClient, ClientKey, JobSlot, job_limiter
+from language_pipes.api.body import read_body
 from language_pipes.api.chat import GenerationEndedEarly, StartedGeneration, start_streamed_generation
-from language_pipes.api.errors import generation_failed, invalid_request
+from language_pipes.api.errors import current_request_id, generation_failed, invalid_request
 from language_pipes.api.models_route import completion_token_budget, generator_for
+from language_pipes.api.prompt import encode_prompt
 from language_pipes.api.reasoning import (
-    AnswerDelta,
-    ReasoningDelta,
-    ReasoningEnded,
-    ReasoningSplitter,
     prompt_opens_reasoning,
 )
 from language_pipes.api.response_store import (
-    ConversationMessage,
     ResponseId,
     StoredResponse,
     response_store,
 )
+from language_pipes.api.responses_output import OutputComposer
+from language_pipes.api.responses_plan import (
+    Conversation,
+    OutputMode,
+    ResponsePlan,
+    conversation_from_input,
+    template_messages,
+)
 from language_pipes.api.responses_schemas import (
-    FunctionCallItem,
-    FunctionCallOutputItem,
-    MessageItem,
     ResponsesRequest,
     TextFormatJsonObject,
     TextFormatJsonSchema,
-    content_text,
 )
 from language_pipes.api.responses_stream import ResponseBuilder, ResponseSettings, event_frame
-from language_pipes.api.schemas import read_body
+from language_pipes.api.settings import api_settings
 from language_pipes.api.sse import SSE_DONE, EventStreamResponse, cancel_on_disconnect
 from language_pipes.engine.constraints import (
     GrammarCompileError,
     GrammarConstraint,
     check_json_schema,
-    compact_json,
     json_object_constraint,
     json_schema_constraint,
     tool_call_constraint,
 )
-from language_pipes.engine.types import Finished, GenerationEvent, GenerationRequest, TextDelta, TextGenerator
+from language_pipes.engine.types import GenerationEvent, GenerationRequest, TextDelta, TextGenerator
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
 
-OutputMode = Literal["text", "auto_tools", "enforced_call"]
-
-
-# ---------------------------------------------------------------- request -> conversation
-
-
-@dataclass
-class Conversation:
-    """Chat turns for the template, and the call_id -> tool name map of the calls in them."""
-
-    messages: list[ConversationMessage] = field(default_factory=list)
-    call_names: dict[str, str] = field(default_factory=dict)
-
-    def add(self, role: str, content: str) -> None:
-        if self.messages and self.messages[-1]["role"] == role and role != "system":
-            # Consecutive turns of one role (several tool results, say) become one: many chat
-            # templates insist on alternating roles.
-            self.messages[-1] = {"role": role, "content": self.messages[-1]["content"] + "\n\n" + content}
-        else:
-            self.messages.append({"role": role, "content": content})
-
-
-def conversation_from_input(body: ResponsesRequest, previous: StoredResponse | None) -> Conversation:
-    conversation = Conversation()
-    if previous is not None:
-        conversation.messages = [dict(message) for message in previous.conversation]
-        conversation.call_names = dict(previous.call_names)
-    pending_calls: list[tool_calls.ParsedToolCall] = []
-
-    def flush_calls() -> None:
-        if pending_calls:
-            conversation.add("assistant", tool_calls.render_tool_calls_text(pending_calls))
-            pending_calls.clear()
-
-    for item in body.input_items():
-        if isinstance(item, FunctionCallItem):
-            conversation.call_names[item.call_id] = item.name
-            pending_calls.append(tool_calls.ParsedToolCall(name=item.name, arguments=item.arguments))
-            continue
-        flush_calls()
-        if isinstance(item, FunctionCallOutputItem):
-            name = conversation.call_names.get(item.call_id)
-            text = tool_calls.render_tool_result_text(name, item.call_id, content_text(item.output))
-            conversation.add("user", text)
-        elif isinstance(item, MessageItem):
-            role = "system" if item.role == "developer" else item.role
-            conversation.add(role, content_text(item.content))
-        # Reasoning items from an earlier output are accepted and not shown to the model again.
-    flush_calls()
-    return conversation
-
-
-def format_instructions(body: ResponsesRequest) -> str | None:
-    output_format = body.output_format()
-    if isinstance(output_format, TextFormatJsonSchema):
-        return "Answer only with a JSON value that matches this JSON schema: " + compact_json(
-            output_format.json_schema
-        )
-    if isinstance(output_format, TextFormatJsonObject):
-        return "Answer only with a JSON object."
-    return None
-
-
-def template_messages(
-    body: ResponsesRequest, conversation: Conversation, tool_block: str | None
-) -> list[dict[str, object]]:
-    """System message first (instructions, tool block, format hint, input system turns), then the turns."""
-    system_parts = [part for part in (body.instructions, tool_block, format_instructions(body)) if part]
-    turns = list(conversation.messages)
-    while turns and turns[0]["role"] == "system":
-        system_parts.append(turns.pop(0)["content"])
-    messages: list[dict[str, object]] = []
-    if system_parts:
-        messages.append({"role": "system", "content": "\n\n".join(system_parts)})
-    messages.extend(dict(turn) for turn in turns)
-    return messages
-
-
 # ---------------------------------------------------------------- validation and planning
-
-
-@dataclass
-class ResponsePlan:
-    """Everything decided before generation starts."""
-
-    body: ResponsesRequest
-    tools: list[tool_calls.FunctionTool]
-    tool_choice: tool_calls.ToolChoice
-    mode: OutputMode
-    conversation: Conversation
-    generation: GenerationRequest
-    starts_in_reasoning: bool
-    previous: StoredResponse | None
 
 
 def check_request_options(body: ResponsesRequest) -> None:
@@ -193,22 +98,27 @@ def _build_constraint(
     generator: TextGenerator,
     body: ResponsesRequest,
     mode: OutputMode,
+    all_tools: Sequence[tool_calls.FunctionTool],
     callable_tools: Sequence[tool_calls.FunctionTool],
 ) -> GrammarConstraint | None:
     """Compile the token constraint (runs in a worker thread: compiling can take a moment)."""
     tokenizer = generator.tokenizer
     if mode == "enforced_call":
-        positions = {getattr(tool, "name", None): index for index, tool in enumerate(body.tools or [])}
-        for tool in callable_tools:
-            index = positions.get(tool.name, 0)
-            if tool.parameters:
+        callable_names = {tool.name for tool in callable_tools}
+        # validate_tools keeps the request's order, so the index is the one the client sent.
+        for index, tool in enumerate(all_tools):
+            if tool.name in callable_names and tool.parameters:
                 try:
                     check_json_schema(
                         tokenizer, tool.parameters, what=f"The parameters of tool '{tool.name}'"
                     )
                 except GrammarCompileError as error:
                     raise invalid_request(str(error), param=f"tools[{index}].parameters") from None
-        return tool_call_constraint(tokenizer, {tool.name: tool.parameters for tool in callable_tools})
+        try:
+            return tool_call_constraint(tokenizer, {tool.name: tool.parameters for tool in callable_tools})
+        except GrammarCompileError as error:
+            # Each schema compiled alone; only their combination failed.
+            raise invalid_request(str(error), param="tools") from None
     output_format = body.output_format()
     if isinstance(output_format, TextFormatJsonSchema):
         try:
@@ -220,10 +130,11 @@ def _build_constraint(
     return None
 
 
-def _previous_response(request: Request, body: ResponsesRequest) -> StoredResponse | None:
+def _previous_response(request: Request, body: ResponsesRequest, client: ClientKey) -> StoredResponse | None:
     if body.previous_response_id is None:
         return None
-    previous = response_store(request).get(body.previous_response_id)
+    # Another key's response is answered exactly like one that was never stored.
+    previous = response_store(request).get(body.previous_response_id, owner=client)
     if previous is None:
         raise invalid_request(
             f"Previous response with id '{body.previous_response_id}' not found "
@@ -234,7 +145,9 @@ def _previous_response(request: Request, body: ResponsesRequest) -> StoredRespon
     return previous
 
 
-async def plan_response(request: Request, body: ResponsesRequest, generator: TextGenerator) -> ResponsePlan:
+async def plan_response(
+    request: Request, body: ResponsesRequest, generator: TextGenerator, client: ClientKey
+) -> ResponsePlan:
     check_request_options(body)
     tools = tool_calls.validate_tools(body.tools, "responses")
     choice = tool_calls.validate_tool_choice(body.tool_choice, tools, "responses")
@@ -245,16 +158,14 @@ async def plan_response(request: Request, body: ResponsesRequest, generator: Tex
         mode = "auto_tools"
     else:
         mode = "text"
-    previous = _previous_response(request, body)
+    previous = _previous_response(request, body, client)
     conversation = conversation_from_input(body, previous)
     messages = template_messages(body, conversation, tool_calls.tool_instructions(tools, choice))
-    try:
-        prompt = generator.encode_chat(messages)
-    except TemplateError as error:
-        # The model's chat template refused this conversation (e.g. a role order it does not accept).
-        raise invalid_request(f"The model's chat template rejected the input: {error}", "input") from None
+    prompt = await encode_prompt(
+        generator, messages, max_chars=api_settings(request).max_prompt_chars, param="input"
+    )
     budget = completion_token_budget(generator, len(prompt), body.requested_max_tokens(), param="input")
-    constraint = await asyncio.to_thread(_build_constraint, generator, body, mode, callable_tools)
+    constraint = await asyncio.to_thread(_build_constraint, generator, body, mode, tools, callable_tools)
     decode = getattr(generator.tokenizer, "decode", None)
     prompt_tail = decode(prompt[-8:]) if decode is not None else ""
     return ResponsePlan(
@@ -295,107 +206,10 @@ def response_settings(plan: ResponsePlan) -> ResponseSettings:
     )
 
 
-# ---------------------------------------------------------------- model output -> items
-
-
-class OutputComposer:
-    """Turns the engine's text deltas into output items and stream events (see the module doc)."""
-
-    def __init__(self, builder: ResponseBuilder, plan: ResponsePlan) -> None:
-        self.builder = builder
-        self.mode = plan.mode
-        self.tools = tool_calls.tools_for_choice(plan.tools, plan.tool_choice)
-        self.parallel = plan.body.parallel_tool_calls is not False
-        self.splitter = ReasoningSplitter(starts_in_reasoning=plan.starts_in_reasoning)
-        self.call_reader = tool_calls.EnforcedCallReader()
-        self.buffered_answer = ""
-        self.raw_text = ""
-        self.reasoning_tokens = 0
-
-    def on_delta(self, delta: TextDelta) -> list[ResponseStreamEvent]:
-        self.raw_text += delta.text
-        if self.mode == "enforced_call":
-            return self._enforced_delta(delta.text)
-        if self.splitter.in_reasoning:
-            self.reasoning_tokens += len(delta.token_ids)
-        return self._split_events(self.splitter.feed(delta.text))
-
-    def on_finished(self, finished: Finished) -> list[ResponseStreamEvent]:
-        if finished.reason == "error":
-            return self.builder.fail(finished.error or "The generation failed.")
-        status: Literal["completed", "incomplete"] = (
-            "incomplete" if finished.reason == "length" else "completed"
-        )
-        if self.mode == "enforced_call":
-            events = self._enforced_finish(status)
-        else:
-            events = self._split_events(self.splitter.finish())
-            if self.mode == "auto_tools":
-                events.extend(self._resolve_buffered_answer())
-            if not any(
-                isinstance(item, ResponseOutputMessage | ResponseFunctionToolCall)
-                for item in self.builder.output
-            ):
-                events.extend(self.builder.open_message())  # an empty answer is still a message
-        events.extend(
-            self.builder.finish(
-                status,
-                input_tokens=finished.prompt_tokens,
-                output_tokens=finished.completion_tokens,
-                reasoning_tokens=self.reasoning_tokens,
-            )
-        )
-        return events
-
-    def _split_events(
-        self, split_events: list[AnswerDelta | ReasoningDelta | ReasoningEnded]
-    ) -> list[ResponseStreamEvent]:
-        events: list[ResponseStreamEvent] = []
-        for event in split_events:
-            if isinstance(event, ReasoningDelta):
-                events.extend(self.builder.add_reasoning(event.text))
-            elif isinstance(event, ReasoningEnded):
-                events.extend(self.builder.end_reasoning())
-            elif self.mode == "auto_tools":
-                self.buffered_answer += event.text
-            else:
-                events.extend(self.builder.add_text(event.text))
-        return events
-
-    def _resolve_buffered_answer(self) -> list[ResponseStreamEvent]:
-        calls = tool_calls.parse_tool_calls(self.buffered_answer, self.tools, parallel=self.parallel)
-        events: list[ResponseStreamEvent] = []
-        if calls:
-            for call in calls:
-                events.extend(self.builder.function_call(call.name, call.arguments))
-        elif self.buffered_answer:
-            events.extend(self.builder.add_text(self.buffered_answer))
-        return events
-
-    def _enforced_delta(self, text: str) -> list[ResponseStreamEvent]:
-        had_name = self.call_reader.name is not None
-        arguments = self.call_reader.feed(text)
-        events: list[ResponseStreamEvent] = []
-        if not had_name and self.call_reader.name is not None:
-            events.extend(self.builder.start_function_call(self.call_reader.name))
-        events.extend(self.builder.add_arguments(arguments))
-        return events
-
-    def _enforced_finish(self, status: Literal["completed", "incomplete"]) -> list[ResponseStreamEvent]:
-        # The grammar closed the call exactly when the whole text parses as one.
-        complete = tool_calls.parse_enforced_call(self.raw_text) is not None
-        if self.call_reader.name is None:
-            # Cut off before the tool's name was complete: nothing callable, report the raw text.
-            return self.builder.add_text(self.raw_text) if self.raw_text else []
-        events = self.builder.add_arguments(self.call_reader.finish(complete=complete))
-        events.extend(self.builder.end_function_call(status="completed" if complete else "incomplete"))
-        return events
-
-
 # ---------------------------------------------------------------- store
 
 
-def remember(request: Request, plan: ResponsePlan, builder: ResponseBuilder) -> None:
+def remember(request: Request, plan: ResponsePlan, builder: ResponseBuilder, client: ClientKey) -> None:
     """Keep the conversation plus this answer for a later ``previous_response_id``."""
     if plan.body.store is False or builder.status == "failed":
         return
@@ -415,6 +229,7 @@ def remember(request: Request, plan: ResponsePlan, builder: ResponseBuilder) -> 
             model=plan.body.model,
             conversation=tuple(conversation.messages),
             call_names=tuple(conversation.call_names.items()),
+            owner=client,
         )
     )
 
@@ -448,7 +263,11 @@ async def _compose_whole(generator: TextGenerator, plan: ResponsePlan, composer:
 
 
 async def _stream_frames(
-    request: Request, plan: ResponsePlan, started: StartedGeneration, builder: ResponseBuilder
+    request: Request,
+    plan: ResponsePlan,
+    started: StartedGeneration,
+    builder: ResponseBuilder,
+    client: ClientKey,
 ) -> AsyncIterator[str]:
     composer = OutputComposer(builder, plan)
     for event in builder.start():
@@ -462,40 +281,46 @@ async def _stream_frames(
             else:
                 for event in composer.on_finished(current):
                     yield event_frame(event)
-                remember(request, plan, builder)
+                remember(request, plan, builder, client)
                 break
             current = await _next_event(started.events)
         if current is None:
-            for event in builder.fail("The generation ended unexpectedly."):
+            for event in builder.fail(generation_failed("the engine ended without Finished").message):
                 yield event_frame(event)
     except Exception:
         # The headers are sent, so a failure can only be reported in-band.
-        logger.exception("generation failed during a responses stream")
-        for event in builder.fail("The server had an error while generating."):
+        logger.exception("request %s: generation failed during a responses stream", current_request_id())
+        for event in builder.fail(generation_failed("unexpected exception during a stream").message):
             yield event_frame(event)
     yield SSE_DONE
 
 
 async def _stream_response(
-    request: Request, generator: TextGenerator, plan: ResponsePlan, slot: JobSlot
+    request: Request, generator: TextGenerator, plan: ResponsePlan, slot: JobSlot, client: ClientKey
 ) -> Response:
     started = await start_streamed_generation(request, generator, plan.generation, slot)
     builder = ResponseBuilder(response_settings(plan))
-    return EventStreamResponse(_stream_frames(request, plan, started, builder), on_close=started.close)
+    frames = _stream_frames(request, plan, started, builder, client)
+    return EventStreamResponse(frames, on_close=started.close)
 
 
 @router.post("/v1/responses", response_model=None)
 async def create_response(request: Request, client: AuthenticatedClient) -> Response:
-    body = await read_body(request, ResponsesRequest)
-    generator = generator_for(request, body.model)
-    plan = await plan_response(request, body, generator)
+    # The slot is taken first: decoding, planning and tokenizing are the expensive part of a request.
     slot = job_limiter(request).acquire(client)
+    try:
+        body = await read_body(request, ResponsesRequest)
+        generator = generator_for(request, body.model)
+        plan = await plan_response(request, body, generator, client)
+    except BaseException:
+        slot.release()
+        raise
     if body.stream:
-        return await _stream_response(request, generator, plan, slot)
+        return await _stream_response(request, generator, plan, slot, client)
     builder = ResponseBuilder(response_settings(plan))
     composer = OutputComposer(builder, plan)
     builder.start()
     with slot:
         await cancel_on_disconnect(request, _compose_whole(generator, plan, composer))
-    remember(request, plan, builder)
+    remember(request, plan, builder, client)
     return JSONResponse(builder.body())

@@ -12,7 +12,6 @@ generating endpoint (chat completions and responses); subclass it.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -26,12 +25,17 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
-from starlette.requests import Request
 
 from language_pipes.api.errors import APIError, invalid_request
 from language_pipes.engine.types import SamplingParams
 
 MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 256
+# Below this a temperature is greedy: dividing logits by it would overflow to inf (and NaN).
+GREEDY_BELOW_TEMPERATURE = 1e-4
+# What the sampler's torch.Generator accepts is wider; OpenAI documents a 64-bit signed seed.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+MAX_TOP_K = 2**31 - 1
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -54,16 +58,23 @@ class SamplingFields(StrictModel):
 
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    top_k: Annotated[int, Field(ge=0)] | None = None
+    top_k: Annotated[int, Field(ge=0, le=MAX_TOP_K)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX)] | None = None
+
+    def effective_temperature(self) -> float:
+        """The requested temperature, with values too small to divide by treated as 0 (greedy)."""
+        if self.temperature is None:
+            return SamplingParams().temperature
+        temperature = float(self.temperature)
+        return 0.0 if temperature < GREEDY_BELOW_TEMPERATURE else temperature
 
     def sampling_params(self) -> SamplingParams:
         defaults = SamplingParams()
         return SamplingParams(
-            temperature=defaults.temperature if self.temperature is None else float(self.temperature),
+            temperature=self.effective_temperature(),
             top_p=defaults.top_p if self.top_p is None else float(self.top_p),
             top_k=defaults.top_k if self.top_k is None else self.top_k,
             min_p=defaults.min_p if self.min_p is None else float(self.min_p),
@@ -252,9 +263,10 @@ class StreamOptions(StrictModel):
     include_obfuscation: bool | None = None
 
 
+StopText = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 StopSequences = Annotated[
-    Annotated[str, Tag("as-string")]
-    | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES), Tag("as-list")],
+    Annotated[StopText, Tag("as-string")]
+    | Annotated[list[StopText], Field(max_length=MAX_STOP_SEQUENCES), Tag("as-list")],
     Discriminator(
         _string_or_list,
         custom_error_type="string_or_list_type",
@@ -353,20 +365,3 @@ def validate_body(model: type[ModelT], payload: object) -> ModelT:
         return model.model_validate(payload)
     except ValidationError as error:
         raise validation_error_to_api_error(error.errors()) from None
-
-
-def _reject_json_constant(constant: str) -> object:
-    raise ValueError(f"{constant} is not valid JSON")
-
-
-async def read_body(request: Request, model: type[ModelT]) -> ModelT:
-    """Read, decode and validate a JSON request body (400 for malformed JSON or a bad field)."""
-    raw = await request.body()
-    if not raw.strip():
-        raise invalid_request("The request body is empty; expected a JSON object.")
-    try:
-        payload = json.loads(raw, parse_constant=_reject_json_constant)
-    except (ValueError, RecursionError) as error:
-        # ValueError covers JSONDecodeError, bad UTF-8 and NaN/Infinity; RecursionError absurd nesting.
-        raise invalid_request(f"We could not parse the JSON body of your request: {error}") from None
-    return validate_body(model, payload)

@@ -48,7 +48,18 @@ NETWORK_RESTART_KEYS = frozenset(
         "max_node_jobs",
     }
 )
-JOB_SERVER_RESTART_KEYS = frozenset({"job_port", "api_keys", "max_api_jobs"})
+JOB_SERVER_RESTART_KEYS = frozenset(
+    {
+        "job_port",
+        "api_keys",
+        "max_api_jobs",
+        "api_max_body_bytes",
+        "api_max_prompt_chars",
+        "api_allowed_origins",
+        "api_allowed_hosts",
+        "api_response_store_bytes",
+    }
+)
 
 
 def check_config_name(name: str) -> str:

@@ -126,9 +126,15 @@ class NodeControl:
             await self.stop_job_server()
         from language_pipes.api.app import create_app
         from language_pipes.api.server import ApiServer
+        from language_pipes.api.settings import ApiSettings
 
         self.job_state, self.last_error = "starting", None
-        app = create_app(self.node, api_keys=list(config.api_keys), max_api_jobs=config.max_api_jobs)
+        app = create_app(
+            self.node,
+            api_keys=list(config.api_keys),
+            max_api_jobs=config.max_api_jobs,
+            settings=ApiSettings.from_config(config),
+        )
         server = ApiServer(app, host="0.0.0.0", port=config.job_port)
         try:
             await server.start()
