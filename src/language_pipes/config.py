@@ -180,6 +180,8 @@ class NodeConfig(_StrictModel):
     api_allowed_origins: tuple[NonEmptyText, ...] = ()
     api_allowed_hosts: tuple[NonEmptyText, ...] = ()
     api_response_store_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # Where the API listens: this machine only unless set ("0.0.0.0" for every interface).
+    api_ip: Host = "127.0.0.1"
     max_node_jobs: int = Field(default=10, ge=1)
     peer_port: Port = 5000
     # Step lanes (direct channels for hidden states); unset: a free port, announced by gossip.
@@ -413,13 +415,20 @@ def config_report(config: NodeConfig, source: str | None = None) -> str:
         ("torch_threads", str(config.torch_threads)),
         "API",
         ("job_port", str(config.job_port) if config.job_port else "not set (no API server)"),
+        ("api_ip", config.api_ip + (" (this machine only)" if config.api_ip == "127.0.0.1" else "")),
         ("api_keys", api_keys or "none (no authentication required)"),
         ("max_api_jobs", f"{config.max_api_jobs} pending per key"),
         "Network",
         ("network_ip", config.network_ip),
+        ("listen_ip", config.listen_ip or f"{config.network_ip} (network_ip)"),
         ("peer_port", str(config.peer_port)),
         ("lane_port", str(config.lane_port) if config.lane_port else "any free port"),
-        ("network_key", shorten_network_key(config.network_key) if config.network_key else "not set"),
+        (
+            "network_key",
+            shorten_network_key(config.network_key)
+            if config.network_key
+            else "not set: any node that reaches peer_port can join",
+        ),
         ("whitelist_node_ids", ", ".join(config.whitelist_node_ids) or "none (any node)"),
         ("bootstrap_nodes", bootstrap or "none"),
         ("max_node_jobs", str(config.max_node_jobs)),

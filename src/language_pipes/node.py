@@ -114,9 +114,9 @@ class Node:
                 max_api_jobs=self.config.max_api_jobs,
                 settings=ApiSettings.from_config(self.config),
             )
-            self.api_server = ApiServer(app, host="0.0.0.0", port=self.config.job_port)
+            self.api_server = ApiServer(app, host=self.config.api_ip, port=self.config.job_port)
             await self.api_server.start()
-            log.info("OpenAI-compatible API on http://127.0.0.1:%d/v1", self.config.job_port)
+            log.info("OpenAI-compatible API on http://%s:%d/v1", self.config.api_ip, self.config.job_port)
 
     async def stop(self) -> None:
         """Leave gracefully: stop taking sequences, let origins move the ones held here, then exit."""

@@ -271,3 +271,9 @@ def test_a_top_level_key_after_a_table_header_says_where_it_belongs(tmp_path: Pa
         load_config(str(path))
     assert "layer_models[0]: unknown key 'peer_port'" in str(error.value)
     assert "move it above the first [table] or [[table]] header" in str(error.value)
+
+
+def test_listen_addresses_default_to_this_machine() -> None:
+    """A fresh node's API and peer ports are not reachable from other machines until configured."""
+    config = NodeConfig(node_id="fresh")
+    assert config.api_ip == "127.0.0.1" and config.network_ip == "127.0.0.1" and config.listen_ip is None

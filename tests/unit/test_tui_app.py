@@ -144,9 +144,11 @@ async def test_the_network_key_can_be_generated_shown_and_removed_with_a_warning
         await click(pilot, "#network-key-show")
         assert key in str(shown.render())
         await click(pilot, "#network-key-remove")
-        assert "no longer be encrypted" in str(app.screen.query_one("#question", Static).render())
+        assert "may join" in str(app.screen.query_one("#question", Static).render())
         await click(pilot, "#yes")
         assert "network_key" not in tomllib.loads(path.read_text())
+        await pilot.pause()
+        assert "can join" in str(app.screen.query_one("#network-key", Static).render())
 
 
 async def test_layer_models_are_added_replaced_and_removed(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ NETWORK_RESTART_KEYS = frozenset(
         "peer_port",
         "lane_port",
         "network_ip",
+        "listen_ip",
         "network_key",
         "whitelist_node_ids",
         "bootstrap_nodes",
@@ -51,6 +52,7 @@ NETWORK_RESTART_KEYS = frozenset(
 JOB_SERVER_RESTART_KEYS = frozenset(
     {
         "job_port",
+        "api_ip",
         "api_keys",
         "max_api_jobs",
         "api_max_body_bytes",

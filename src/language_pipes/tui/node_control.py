@@ -135,7 +135,7 @@ class NodeControl:
             max_api_jobs=config.max_api_jobs,
             settings=ApiSettings.from_config(config),
         )
-        server = ApiServer(app, host="0.0.0.0", port=config.job_port)
+        server = ApiServer(app, host=config.api_ip, port=config.job_port)
         try:
             await server.start()
         except Exception as error:  # noqa: BLE001 - a taken port or similar: show it, keep the node up

@@ -68,7 +68,7 @@ class NetworkTab(DashboardTab):
             set_input(self.query_one(f"#{input_id}", Input), values.get(key))
         key = values.get("network_key")
         if key is None:
-            shown = "not set: peer traffic is not encrypted"
+            shown = "[b]not set: any node that reaches this one can join[/b] (sessions are still encrypted)"
         else:
             shown = str(key) if self.show_key else shorten_network_key(str(key))
         self.query_one("#network-key", Static).update(shown)
@@ -132,8 +132,8 @@ class NetworkTab(DashboardTab):
 
         self.app.push_screen(
             ConfirmScreen(
-                "Remove the network key? Peer traffic will no longer be encrypted, "
-                "and any node that can reach this one may join.",
+                "Remove the network key? Any node that can reach this one may join, and "
+                "handshakes travel in the clear (sessions stay encrypted, but authenticate nobody).",
                 yes="Remove",
             ),
             confirmed,
