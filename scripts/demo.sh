@@ -8,6 +8,10 @@ bash scripts/setup.sh
 # shellcheck disable=SC1091
 . .venv/bin/activate
 
+# The example configs ship no network key; this run's nodes share a fresh one.
+LP_NETWORK_KEY=${LP_NETWORK_KEY:-$(language-pipes keygen)}
+export LP_NETWORK_KEY
+
 pids=()
 stop_nodes() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done

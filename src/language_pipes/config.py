@@ -255,8 +255,19 @@ def load_config(path_or_name: str) -> NodeConfig:
     return parse_config(document, source=str(path))
 
 
+NETWORK_KEY_VARIABLE = "LP_NETWORK_KEY"
+
+
 def parse_config(document: dict[str, Any], source: str = "config") -> NodeConfig:
-    """Validate an already parsed TOML document (a dict) into a :class:`NodeConfig`."""
+    """Validate an already parsed TOML document (a dict) into a :class:`NodeConfig`.
+
+    A document without ``network_key`` takes ``$LP_NETWORK_KEY`` when it is set, so a
+    key can be shared by configs that do not store it (the examples and the demo do this).
+    """
+    shared_key = os.environ.get(NETWORK_KEY_VARIABLE, "").strip()
+    if shared_key and "network_key" not in document:
+        document = {**document, "network_key": shared_key}
+        source = f"{source} (network_key from ${NETWORK_KEY_VARIABLE})"
     try:
         return NodeConfig.model_validate(document)
     except ValidationError as error:

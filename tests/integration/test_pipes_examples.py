@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from openai import OpenAI
 
+from language_pipes.cli import new_network_key
 from language_pipes.config import load_config
 from support.cluster import DEFAULT_MODEL, hosted_layers
 from support.node_process import NodeLauncher, NodeProcess
@@ -48,10 +49,11 @@ def test_every_example_is_a_valid_config_with_one_torch_thread() -> None:
 
 @pytest.mark.parametrize("name", sorted(TOPOLOGIES))
 def test_multi_node_examples_agree_on_key_ports_and_bootstrap(name: str) -> None:
-    configs = [load_config(str(EXAMPLES / name / file)) for file, _ in TOPOLOGIES[name]]
+    paths = [EXAMPLES / name / file for file, _ in TOPOLOGIES[name]]
+    # No example ships a key (a published key protects nothing); they share $LP_NETWORK_KEY.
+    assert not [path for path in paths if "network_key" in _read(path)]
+    configs = [load_config(str(path)) for path in paths]
     end, *layer_nodes = configs
-    assert end.network_key is not None
-    assert {config.network_key for config in configs} == {end.network_key}
     assert len({config.peer_port for config in configs}) == len(configs)
     assert len({config.node_id for config in configs}) == len(configs)
     assert end.job_port is not None and end.end_models and not end.layer_models
@@ -60,7 +62,9 @@ def test_multi_node_examples_agree_on_key_ports_and_bootstrap(name: str) -> None
         assert [(b.address, b.port) for b in layer.bootstrap_nodes] == [("127.0.0.1", end.peer_port)]
 
 
-def _start_as_written(launcher: NodeLauncher, path: Path, end: NodeProcess | None) -> NodeProcess:
+def _start_as_written(
+    launcher: NodeLauncher, path: Path, end: NodeProcess | None, key: str
+) -> NodeProcess:
     """Start the example's node with its own settings, moved to free ports."""
     document = _read(path)
     settings = {
@@ -68,6 +72,7 @@ def _start_as_written(launcher: NodeLauncher, path: Path, end: NodeProcess | Non
         for key, value in document.items()
         if key not in ("node_id", "job_port", "peer_port", "torch_threads", "max_api_jobs", "api_keys")
     }
+    settings["network_key"] = key  # what $LP_NETWORK_KEY gives every node of the example
     if end is not None:
         settings["bootstrap_nodes"] = [{"address": "127.0.0.1", "port": end.peer_port}]
     return launcher.start(
@@ -84,8 +89,9 @@ def _start_as_written(launcher: NodeLauncher, path: Path, end: NodeProcess | Non
 def test_multi_node_example_serves_the_api(name: str, node_launcher: NodeLauncher) -> None:
     end: NodeProcess | None = None
     layer_nodes: list[tuple[NodeProcess, range | None]] = []
+    key = new_network_key()
     for file, layers in TOPOLOGIES[name]:
-        node = _start_as_written(node_launcher, EXAMPLES / name / file, end)
+        node = _start_as_written(node_launcher, EXAMPLES / name / file, end, key)
         if end is None:
             end = node
         else:

@@ -277,3 +277,13 @@ def test_listen_addresses_default_to_this_machine() -> None:
     """A fresh node's API and peer ports are not reachable from other machines until configured."""
     config = NodeConfig(node_id="fresh")
     assert config.api_ip == "127.0.0.1" and config.network_ip == "127.0.0.1" and config.listen_ip is None
+
+
+def test_a_config_without_network_key_takes_lp_network_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "ab" * 16
+    monkeypatch.setenv("LP_NETWORK_KEY", key)
+    assert parse_config({"node_id": "n"}).network_key == key
+    assert parse_config({"node_id": "n", "network_key": "cd" * 16}).network_key == "cd" * 16  # the file wins
+    monkeypatch.setenv("LP_NETWORK_KEY", "not-hex")
+    with pytest.raises(ConfigError, match=r"LP_NETWORK_KEY.*network_key"):
+        parse_config({"node_id": "n"})
