@@ -143,7 +143,9 @@ async def test_a_step_whose_payload_or_hidden_size_does_not_match_is_refused(
     assert segment.sequence_count == 0  # nothing reached a cache
 
 
-async def test_positions_beyond_the_context_are_refused(start_node: Starter, tiny_source: ModelSource) -> None:
+async def test_positions_beyond_the_context_are_refused(
+    start_node: Starter, tiny_source: ModelSource
+) -> None:
     _, segment, b, _ = await cluster(start_node, tiny_source)
     sequence_id = new_id()
     await open_on(b, sequence_id)
