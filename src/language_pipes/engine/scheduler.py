@@ -238,9 +238,12 @@ class Scheduler:
             self._release(sequence)
 
     def _release(self, sequence: Sequence) -> None:
-        self.end_model.local_layers.release(sequence.sequence_id)
-        if sequence.route is not None:
-            sequence.route.release(sequence.sequence_id)
+        try:
+            self.end_model.local_layers.release(sequence.sequence_id)
+            if sequence.route is not None:
+                sequence.route.release(sequence.sequence_id)
+        except Exception:  # noqa: BLE001 - freeing is best effort; the hops' idle sweep frees what is left
+            log.exception("could not release sequence %s", sequence.sequence_id)
 
     def step(self, active: list[Sequence]) -> None:
         """One packed forward per route, then sampling for every sequence that is due a token."""
