@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 import torch
+from pydantic import ValidationError
 
+from language_pipes.config import NodeConfig
 from language_pipes.engine.generator import ModelGenerator
 from language_pipes.engine.scheduler import MAX_REPLAYS, Scheduler
 from language_pipes.engine.types import Finished, GenerationRequest, SamplingParams, SequenceId
@@ -32,8 +34,6 @@ from language_pipes.pipes.remote import RemoteSegment
 from language_pipes.pipes.route import Route
 from support.peers import Starter, wait_until
 from support.tiny_models import build_tiny_model
-
-pytestmark = pytest.mark.asyncio
 
 DEADLINE_S = 0.4
 
@@ -93,6 +93,7 @@ def remote_to_a(b: PeerNetwork, end: EndModel) -> RemoteSegment:
     )
 
 
+@pytest.mark.asyncio
 async def test_a_step_that_gets_no_answer_fails_at_its_deadline(
     silent_pair: tuple[PeerNetwork, PeerNetwork], tiny_end: EndModel
 ) -> None:
@@ -105,6 +106,7 @@ async def test_a_step_that_gets_no_answer_fails_at_its_deadline(
     assert time.monotonic() - started < DEADLINE_S + 2.0
 
 
+@pytest.mark.asyncio
 async def test_a_request_through_a_silent_node_ends_with_503_instead_of_waiting(
     silent_pair: tuple[PeerNetwork, PeerNetwork], tiny_end: EndModel
 ) -> None:
@@ -125,3 +127,23 @@ async def test_a_request_through_a_silent_node_ends_with_503_instead_of_waiting(
     assert (finished.reason, finished.error_status) == ("error", 503)
     # One deadline per attempt, a few attempts: seconds, not 120 s per attempt.
     assert elapsed < (MAX_REPLAYS + 1) * (DEADLINE_S + 1.0) + 2.0
+
+
+def test_the_deadline_config_keys_default_well_under_ten_seconds_per_decode_step() -> None:
+    config = NodeConfig(node_id="a")
+    assert (config.step_timeout_s, config.step_timeout_per_token_s) == (5.0, 0.1)
+    assert NodeConfig(node_id="a", step_timeout_s=1.5).step_timeout_s == 1.5
+    with pytest.raises(ValidationError):
+        NodeConfig(node_id="a", step_timeout_s=0)
+
+
+@pytest.mark.asyncio
+async def test_a_long_prefill_step_gets_more_time_than_a_decode_step(
+    silent_pair: tuple[PeerNetwork, PeerNetwork],
+) -> None:
+    _, b = silent_pair
+    remote = RemoteSegment(b, asyncio.get_running_loop(), NodeId("a"), "m", 1, 4, torch.float32)
+    decode = SegmentBatch((SequenceId("ab" * 16),), (9,), (1,))
+    prefill = SegmentBatch((SequenceId("ab" * 16),), (0,), (512,))
+    assert remote.step_deadline_s(decode) == pytest.approx(5.1)
+    assert remote.step_deadline_s(prefill) == pytest.approx(5.0 + 51.2)
