@@ -167,6 +167,8 @@ class LayerSegment:
 
     def _check_batch(self, hidden: torch.Tensor, batch: SegmentBatch) -> None:
         """Refuse a malformed step before any cache changes."""
+        if not batch.sequence_ids:
+            raise StepOutOfBoundsError("a step needs at least one sequence")
         if len(set(batch.sequence_ids)) != len(batch.sequence_ids):
             raise StepOutOfBoundsError("a step lists a sequence twice")
         if any(length < 1 for length in batch.lengths):

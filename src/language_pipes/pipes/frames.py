@@ -135,6 +135,8 @@ def tensor_from_bytes(raw: bytes | memoryview, dtype: torch.dtype, hidden_size: 
         raise MalformedPipeFrame("hidden size must be positive")
     if len(raw) % torch.empty((), dtype=dtype).element_size():
         raise MalformedPipeFrame("payload size is not a whole number of values")
+    if not len(raw):
+        return torch.empty((1, 0, hidden_size), dtype=dtype)  # frombuffer refuses an empty buffer
     values = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype)
     if values.numel() % hidden_size:
         raise MalformedPipeFrame("payload size is not a multiple of the hidden size")
