@@ -356,6 +356,10 @@ class Scheduler:
                 sequence.random,
             )
             sequence.add_token(token, self.end_model.eos_token_ids)
+            if not sequence.finished and len(sequence.tokens) >= self.max_tokens(sequence):
+                sequence.finish(
+                    "length"
+                )  # the context is full: one more token would pass every hop's reservation
         except Exception as error:  # noqa: BLE001 - sampling, grammar or text of one sequence: it alone fails
             log.exception("sequence %s failed after its step", sequence.sequence_id)
             what = str(error) if isinstance(error, SamplingError) else type(error).__name__
