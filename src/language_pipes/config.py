@@ -183,6 +183,10 @@ class NodeConfig(_StrictModel):
     # Where the API listens: this machine only unless set ("0.0.0.0" for every interface).
     api_ip: Host = "127.0.0.1"
     max_node_jobs: int = Field(default=10, ge=1)
+    # Seconds one pipe step may take on one layer node before that hop counts as lost (reroute or fail).
+    step_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    # ... plus this many seconds per token in the step (a long prefill chunk legitimately takes longer).
+    step_timeout_per_token_s: float = Field(default=0.1, ge=0, le=10)
     peer_port: Port = 5000
     # Step lanes (direct channels for hidden states); unset: a free port, announced by gossip.
     lane_port: Port | None = None

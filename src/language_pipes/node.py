@@ -352,6 +352,8 @@ class Node:
             hop.end,
             hosted.end_model.dtype,
             on_other_machine=self._on_other_machine(NodeId(hop.node_id)),
+            step_timeout_s=self.config.step_timeout_s,
+            step_timeout_per_token_s=self.config.step_timeout_per_token_s,
         )
 
     def _on_other_machine(self, node_id: NodeId) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 import uuid
 
 import pytest
@@ -11,6 +12,8 @@ import torch
 from language_pipes.engine.types import SequenceId
 from language_pipes.models.segment import SegmentBatch
 from language_pipes.pipes.frames import (
+    MAX_STEP_SEQUENCES,
+    MAX_STEP_TOKENS,
     MalformedPipeFrame,
     StepHeader,
     decode_sequence_ids,
@@ -56,7 +59,8 @@ def test_step_header_is_small_and_fixed_per_sequence() -> None:
 
 
 def test_large_positions_survive() -> None:
-    batch = SegmentBatch((new_id(),), (2**31 + 5,), (2**20,))
+    """Positions are the segment's business (it knows the context); the frame carries any."""
+    batch = SegmentBatch((new_id(),), (2**31 + 5,), (MAX_STEP_TOKENS,))
     header = StepHeader(MODEL, 0, 30, torch.bfloat16, 576, batch)
     assert decode_step(encode_step(header)).batch == batch
 
@@ -147,3 +151,42 @@ def test_sequence_id_list_of_partial_ids_is_malformed() -> None:
 def test_sequence_ids_that_are_not_16_bytes_are_refused_not_padded(bad_id: str) -> None:
     with pytest.raises(ValueError):
         encode_sequence_id(SequenceId(bad_id))
+
+
+def test_a_sequence_count_of_2_to_the_32_is_refused_before_reading_rows() -> None:
+    fixed = struct.pack("!HHHBII", 0, 0, 1, 1, 576, 2**32 - 1)
+    started = time.perf_counter()
+    with pytest.raises(MalformedPipeFrame, match="at most"):
+        decode_step(fixed + encode_sequence_id(new_id()) + b"\x00" * 8)
+    assert time.perf_counter() - started < 0.1
+
+
+def test_more_sequences_than_a_step_may_carry_are_refused_even_when_every_row_is_there() -> None:
+    count = MAX_STEP_SEQUENCES + 1
+    batch = SegmentBatch(tuple(new_id() for _ in range(count)), (0,) * count, (1,) * count)
+    with pytest.raises(MalformedPipeFrame, match="sequences"):
+        decode_step(encode_step(StepHeader(MODEL, 0, 30, torch.bfloat16, 576, batch)))
+
+
+def test_more_tokens_than_a_step_may_carry_are_refused() -> None:
+    batch = SegmentBatch((new_id(), new_id()), (0, 0), (MAX_STEP_TOKENS, 1))
+    with pytest.raises(MalformedPipeFrame, match="tokens"):
+        decode_step(encode_step(StepHeader(MODEL, 0, 30, torch.bfloat16, 576, batch)))
+
+
+@pytest.mark.parametrize("hidden_size", [0, 2**31])
+def test_hidden_size_outside_the_bounds_is_malformed(hidden_size: int) -> None:
+    fixed = struct.pack("!HHHBII", 0, 0, 1, 1, hidden_size, 0)
+    with pytest.raises(MalformedPipeFrame, match="hidden size"):
+        decode_step(fixed)
+
+
+def test_reversed_layer_range_is_malformed() -> None:
+    fixed = struct.pack("!HHHBII", 0, 9, 3, 1, 576, 0)
+    with pytest.raises(MalformedPipeFrame, match="reversed"):
+        decode_step(fixed)
+
+
+def test_zero_hidden_size_payload_is_malformed_not_a_crash() -> None:
+    with pytest.raises(MalformedPipeFrame):
+        tensor_from_bytes(b"\x00" * 8, torch.bfloat16, 0)

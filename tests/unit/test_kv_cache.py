@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from language_pipes.models.kv_cache import LayerCache, SequenceCache
+from language_pipes.models.kv_cache import CacheFullError, LayerCache, SequenceCache
 
 
 def step(length: int, start: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,3 +71,16 @@ def test_sequence_cache_spans_the_hosted_layers() -> None:
     assert all(layer.length == 2 for layer in cache.layers.values())
     assert cache.nbytes() == 3 * 2 * 64 * 2 * 4 * 4
     assert SequenceCache(range(0, 0)).length == 0
+
+
+def test_a_reserved_cache_never_allocates_past_its_length_and_refuses_to_outgrow_it() -> None:
+    cache = LayerCache(max_length=100)
+    cache.append(*step(70, 0))
+    cache.append(*step(30, 70))  # doubling would allocate 140 slots; the reservation caps it at 100
+    assert cache.nbytes() == 2 * (1 * 2 * 100 * 4) * 4
+    with pytest.raises(CacheFullError):
+        cache.append(*step(1, 100))
+    cache.truncate(0)
+    keys, _ = cache.append(*step(5, 0))  # a replay from the start fits again
+    assert keys.shape[2] == 5
+    assert SequenceCache(range(2), max_length=8).layers[1].max_length == 8

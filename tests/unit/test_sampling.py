@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from language_pipes.engine.sampling import apply_penalties, filter_probabilities, make_generator, pick_token
+from language_pipes.engine.sampling import (
+    SamplingError,
+    apply_penalties,
+    filter_probabilities,
+    generator_for,
+    make_generator,
+    pick_token,
+)
 from language_pipes.engine.types import SamplingParams
 
 DRAWS = 400
@@ -155,3 +162,53 @@ def test_constraint_mask_is_respected() -> None:
     # A mask longer than the logits (padded vocabulary) is cut to size.
     padded = torch.cat([allowed, torch.ones(4, dtype=torch.bool)])
     assert pick_token(logits, SamplingParams(temperature=0.0), [], padded, None) == 3
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-12, 1e-6])
+def test_a_vanishing_temperature_is_greedy_not_nan(temperature: float) -> None:
+    logits = torch.tensor([1.0, 7.5, 3.0, 7.4])
+    generator = make_generator(5)
+    params = SamplingParams(temperature=temperature, top_p=0.9)
+    assert {pick_token(logits, params, [], None, generator) for _ in range(20)} == {1}
+
+
+def test_a_small_temperature_with_large_logits_stays_finite() -> None:
+    """Just above the greedy cut, dividing huge logits would overflow without the shift by the maximum."""
+    logits = torch.tensor([3.0e30, 2.9e30, -1.0e30])
+    picks = {
+        pick_token(logits, SamplingParams(temperature=1e-4), [], None, make_generator(1)) for _ in range(20)
+    }
+    assert picks == {0}
+
+
+def test_nan_logits_never_win_and_inf_counts_as_the_largest() -> None:
+    nan = float("nan")
+    logits = torch.tensor([nan, 1.0, 2.0, nan])
+    assert pick_token(logits, SamplingParams(temperature=0.0), [], None, None) == 2
+    generator = make_generator(2)
+    picks = {pick_token(logits, SamplingParams(temperature=1.0), [], None, generator) for _ in range(DRAWS)}
+    assert picks == {1, 2}
+    with_inf = torch.tensor([1.0, float("inf"), nan, 3.0])
+    assert pick_token(with_inf, SamplingParams(temperature=0.0), [], None, None) == 1
+    assert pick_token(with_inf, SamplingParams(temperature=1.0), [], None, make_generator(2)) == 1
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_no_possible_token_is_a_sampling_error_not_token_zero(temperature: float) -> None:
+    logits = torch.tensor([5.0, float("nan"), 1.0])
+    nothing_allowed = torch.tensor([False, True, False])
+    with pytest.raises(SamplingError):
+        pick_token(logits, SamplingParams(temperature=temperature), [], nothing_allowed, make_generator(1))
+
+
+def test_the_draw_uses_the_generator_of_the_logits_device() -> None:
+    """On a CUDA end model the generator must live on cuda:N; on CPU logits it is the CPU one."""
+    random = make_generator(9)
+    logits = torch.zeros(50)
+    on_device = random.for_device(logits.device)
+    assert on_device.device == logits.device
+    assert generator_for(random, logits.device) is on_device
+    before = on_device.get_state().clone()
+    pick_token(logits, SamplingParams(temperature=1.0), [], torch.ones(50, dtype=torch.bool), random)
+    assert not torch.equal(on_device.get_state(), before)  # the draw advanced that very generator
+    assert make_generator(9).for_device(logits.device).initial_seed() == 9

@@ -226,3 +226,109 @@ def test_long_prompt_is_prefilled_in_chunks_while_others_decode(engine: Engine) 
     eos = engine.end.eos_token_ids
     answer = [t for t in expected[: joined.finished.completion_tokens] if t not in eos]
     assert joined.text == engine.end.tokenizer.decode(answer, skip_special_tokens=True)
+
+
+# -- failures stay with the request they belong to; lanes survive anything ------------------------
+
+
+class BrokenGrammar:
+    """A constraint that fails on its ``fail_at``-th use, like a grammar engine bug for one request."""
+
+    def __init__(self, fail_at: int) -> None:
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def allowed_tokens(self, vocab_size: int) -> torch.Tensor | None:
+        self.calls += 1
+        if self.calls >= self.fail_at:
+            raise RuntimeError("grammar engine bug")
+        return None
+
+    def accept(self, token_id: int) -> None:
+        return None
+
+    def is_finished(self) -> bool:
+        return False
+
+
+def run_together(engine: Engine, *requests: GenerationRequest, timeout: float = 60.0) -> list[Outcome]:
+    async def run_all() -> list[Outcome]:
+        streams = (collect(engine.generator.generate(r)) for r in requests)
+        return await asyncio.wait_for(asyncio.gather(*streams), timeout)
+
+    return asyncio.run(run_all())
+
+
+def test_a_vanishing_temperature_is_greedy_and_fails_no_one(engine: Engine) -> None:
+    """temperature = 1e-40 once made softmax NaN, and the error replayed and failed the whole route."""
+    tiny, other = run_together(
+        engine,
+        request(engine, CAPITAL, sampling=SamplingParams(temperature=1e-40), max_new_tokens=12),
+        request(engine, CAPITAL, sampling=GREEDY, max_new_tokens=3),
+    )
+    assert (tiny.finished.reason, tiny.text) == ("stop", "The capital of France is Paris.")
+    assert (other.finished.reason, other.finished.completion_tokens) == ("length", 3)
+
+
+def test_a_failing_grammar_ends_its_own_sequence_and_no_other(engine: Engine) -> None:
+    (alone,) = run_together(engine, request(engine, CAPITAL, sampling=GREEDY, max_new_tokens=4))
+    broken, other = run_together(
+        engine,
+        request(engine, CAPITAL, sampling=GREEDY, max_new_tokens=20, constraint=BrokenGrammar(fail_at=2)),
+        request(engine, CAPITAL, sampling=GREEDY, max_new_tokens=4),
+    )
+    assert broken.finished.reason == "error"
+    assert broken.finished.error_status == 500
+    assert broken.finished.completion_tokens == 1  # it failed on its second token, not after replays
+    assert (other.finished.reason, other.text) == ("length", alone.text)
+    assert wait_for(lambda: no_caches_left(engine) and engine.scheduler.active_count == 0)
+
+
+def test_a_failure_in_route_planning_fails_that_request_and_the_lane_goes_on(engine: Engine) -> None:
+    route = Route([engine.segment])
+    calls = {"count": 0}
+
+    def flaky_route() -> Route | None:
+        calls["count"] += 1
+        if calls["count"] == 1:
+            raise RuntimeError("route planning bug")
+        return route
+
+    scheduler = Scheduler(engine.end, flaky_route, prefill_chunk=16)
+    scheduler.start()
+    try:
+        flaky = Engine(engine.end, engine.segment, scheduler, ModelGenerator(engine.end, scheduler))
+        (first,) = run_together(flaky, request(flaky, CAPITAL, sampling=GREEDY), timeout=10)
+        assert (first.finished.reason, first.finished.error_status) == ("error", 503)
+        (second,) = run_together(flaky, request(flaky, CAPITAL, sampling=GREEDY), timeout=30)
+        assert (second.finished.reason, second.text) == ("stop", "The capital of France is Paris.")
+    finally:
+        scheduler.stop()
+
+
+class ReleaseFailsOnce(Route):
+    """A route whose first release raises (a transport bug), after the request it frees has finished."""
+
+    def __init__(self, segments: list[LayerSegment]) -> None:
+        super().__init__(segments)
+        self.failed = False
+
+    def release(self, sequence_id: str) -> None:  # type: ignore[override]
+        super().release(sequence_id)  # type: ignore[arg-type]
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("release bug")
+
+
+def test_a_failure_while_freeing_a_finished_sequence_does_not_end_the_lane(engine: Engine) -> None:
+    route = ReleaseFailsOnce([engine.segment])
+    scheduler = Scheduler(engine.end, lambda: route, prefill_chunk=16)
+    scheduler.start()
+    try:
+        broken = Engine(engine.end, engine.segment, scheduler, ModelGenerator(engine.end, scheduler))
+        for _ in range(2):
+            (outcome,) = run_together(broken, request(broken, CAPITAL, sampling=GREEDY), timeout=30)
+            assert (outcome.finished.reason, outcome.text) == ("stop", "The capital of France is Paris.")
+        assert route.failed
+    finally:
+        scheduler.stop()

@@ -44,7 +44,10 @@ class ModelGenerator:
         events: asyncio.Queue[GenerationEvent] = asyncio.Queue()
 
         def emit(event: GenerationEvent) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the caller's event loop is closed: nobody listens, so stop generating
+                sequence.cancelled.set()
 
         sequence = Sequence(
             sequence_id=SequenceId(uuid.uuid4().hex),

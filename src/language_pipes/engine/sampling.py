@@ -1,15 +1,52 @@
 """Turning logits into the next token, exactly as the README's sampling section states.
 
 Order for ``temperature > 0``: penalties, temperature scaling, min-p, top-p,
-top-k, then a draw from the remaining distribution. ``temperature == 0`` is
-greedy (after penalties and constraints).
+top-k, then a draw from the remaining distribution. A temperature below
+:data:`GREEDY_TEMPERATURE` (0 included) is greedy (after penalties and
+constraints).
+
+Sampling is finite-safe: NaN logits never win, ``+inf`` counts as the
+largest logit, and the logits are shifted by their maximum before the
+temperature divides them, so no temperature overflows the softmax. When no
+token is left at all (every logit NaN or masked), :class:`SamplingError`
+names the problem; it belongs to that one sequence.
 """
 
 from __future__ import annotations
 
+import secrets
+
 import torch
 
 from language_pipes.engine.types import SamplingParams
+
+
+class SamplingError(ValueError):
+    """No token can be picked from this row (every candidate is NaN or disallowed)."""
+
+
+class SequenceRandom:
+    """One sequence's random stream: a seed, and a generator on each device its logits live on.
+
+    torch draws with a generator on the tensor's own device only, so an end
+    model on ``cuda:N`` gets a generator there, seeded like the CPU one.
+    """
+
+    def __init__(self, seed: int | None) -> None:
+        self.seed = secrets.randbits(63) if seed is None else seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def for_device(self, device: torch.device) -> torch.Generator:
+        generator = self._generators.get(device)
+        if generator is None:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(self.seed)
+            self._generators[device] = generator
+        return generator
+
+
+def make_generator(seed: int | None) -> SequenceRandom:
+    return SequenceRandom(seed)
 
 
 def apply_penalties(logits: torch.Tensor, generated: list[int], params: SamplingParams) -> torch.Tensor:
@@ -43,28 +80,44 @@ def _renormalise(probabilities: torch.Tensor) -> torch.Tensor:
     return probabilities / probabilities.sum()
 
 
+def finite_logits(logits: torch.Tensor) -> torch.Tensor:
+    """NaN becomes ``-inf`` and ``+inf`` the largest float; refuses a row with no candidate left."""
+    largest = torch.finfo(logits.dtype).max
+    logits = torch.nan_to_num(logits, nan=float("-inf"), posinf=largest, neginf=float("-inf"))
+    if not bool(torch.isfinite(logits).any()):
+        raise SamplingError("no token can be sampled: every logit is NaN or disallowed")
+    return logits
+
+
 def pick_token(
     logits: torch.Tensor,
     params: SamplingParams,
     generated: list[int],
     allowed: torch.Tensor | None,
-    generator: torch.Generator | None,
+    generator: SequenceRandom | torch.Generator | None,
 ) -> int:
-    """The next token for one sequence from its float32 logits row ``[vocab]``."""
+    """The next token for one sequence from its float32 logits row ``[vocab]``.
+
+    ``allowed`` (a constraint's mask) and the random generator follow the
+    logits' device, wherever the mask was built.
+    """
     logits = apply_penalties(logits, generated, params)
     if allowed is not None:
-        logits = logits.masked_fill(~allowed[: logits.shape[-1]], float("-inf"))
+        mask = allowed[: logits.shape[-1]].to(logits.device)
+        logits = logits.masked_fill(~mask, float("-inf"))
+    logits = finite_logits(logits)
     if params.greedy:
         return int(logits.argmax())
-    probabilities = torch.softmax(logits / params.temperature, dim=-1)
+    shifted = logits - logits.max()  # every value <= 0: dividing by a tiny temperature cannot overflow
+    probabilities = torch.softmax(shifted / params.temperature, dim=-1)
     probabilities = filter_probabilities(probabilities, params)
-    return int(torch.multinomial(probabilities, 1, generator=generator))
+    return int(torch.multinomial(probabilities, 1, generator=generator_for(generator, probabilities.device)))
 
 
-def make_generator(seed: int | None) -> torch.Generator:
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
+def generator_for(
+    generator: SequenceRandom | torch.Generator | None, device: torch.device
+) -> torch.Generator | None:
+    """The generator to draw with on ``device`` (a plain torch.Generator is used as it is)."""
+    if isinstance(generator, SequenceRandom):
+        return generator.for_device(device)
     return generator

@@ -12,6 +12,13 @@ lane's step, the origin runs the other lane's embedding, local layers, head
 and sampling. Routes whose nodes share this machine's cores use one lane, so
 a step is one forward over every sequence (two half batches would only
 compete for the same cores).
+
+Failures stay where they belong. A hop that fails or misses its step
+deadline (the transport's ``step_timeout_s``) fails its route: the route's
+sequences replay elsewhere, at most :data:`MAX_REPLAYS` times. Sampling,
+grammar and detokenizing failures belong to one sequence, which alone ends
+with an error. Each lane thread is supervised: an unexpected exception fails
+the requests it touched and the loop goes on, so no request waits forever.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ import threading
 from collections.abc import Callable
 from itertools import groupby
 
-from language_pipes.engine.sampling import pick_token
+import torch
+
+from language_pipes.engine.sampling import SamplingError, pick_token
 from language_pipes.engine.sequence import Sequence
 from language_pipes.models.end_model import EndModel
 from language_pipes.models.segment import SegmentBatch
@@ -38,6 +47,21 @@ MAX_REPLAYS = 3
 REMOTE_LANES = 2
 # How long an idle lane waits for work before checking whether it should stop.
 IDLE_WAIT_S = 0.5
+# Pause after an unexpected lane failure, so a failure that repeats cannot spin a core.
+FAILURE_PAUSE_S = 0.05
+
+
+class RouteFailure(Exception):
+    """A hop of the route failed or missed its deadline: the route's sequences move elsewhere."""
+
+
+def fail(sequence: Sequence, message: str, status: int = 500) -> None:
+    """Finish ``sequence`` with an error; never raises (its client may be gone already)."""
+    try:
+        sequence.finish("error", message, status)
+    except Exception:  # noqa: BLE001 - emitting to a vanished client must not take the lane down
+        log.exception("could not report the failure of sequence %s", sequence.sequence_id)
+        sequence.finished = True
 
 
 class Lane:
@@ -53,19 +77,30 @@ class Lane:
         )
 
     def _run(self) -> None:
-        scheduler = self.scheduler
-        while not scheduler.stopping.is_set():
-            self._take_joining(block=not self.active)
-            scheduler.drop_finished(self.active)
-            if not self.active:
-                continue
+        """The supervised loop: whatever fails, the affected requests end and the lane goes on."""
+        while not self.scheduler.stopping.is_set():
             try:
-                scheduler.step(self.active)
-            except Exception as error:  # noqa: BLE001 - a step failure must reach every client, not kill the loop
-                log.exception("step failed")
+                self._cycle()
+            except Exception as error:  # noqa: BLE001 - the supervisor: fail who was affected, keep the lane
+                log.exception("scheduler lane %d failed; its requests end with an error", self.index)
                 for sequence in self.active:
-                    sequence.finish("error", f"generation failed: {error}", 500)
-                scheduler.drop_finished(self.active)
+                    fail(sequence, f"generation failed: {type(error).__name__}")
+                self._drop_after_failure()
+                self.scheduler.stopping.wait(FAILURE_PAUSE_S)
+
+    def _cycle(self) -> None:
+        scheduler = self.scheduler
+        self._take_joining(block=not self.active)
+        scheduler.drop_finished(self.active)
+        if self.active:
+            scheduler.step(self.active)
+
+    def _drop_after_failure(self) -> None:
+        try:
+            self.scheduler.drop_finished(self.active)
+        except Exception:  # noqa: BLE001 - releasing caches failed too: forget the sequences anyway
+            log.exception("scheduler lane %d could not release its sequences", self.index)
+            self.active.clear()
 
     def _take_joining(self, block: bool) -> None:
         """Lane 0 admits new requests for every lane; the others wait for what it hands them."""
@@ -148,8 +183,16 @@ class Scheduler:
         except queue.Empty:
             return
         for sequence in [first, *_drain(self._incoming)]:
-            if sequence is not None and self._open(sequence):
-                self._lane_for(sequence).joining.put_nowait(sequence)
+            if sequence is None:
+                continue
+            try:
+                if self._open(sequence):
+                    self._lane_for(sequence).joining.put_nowait(sequence)
+            except Exception as error:  # noqa: BLE001 - admission failed for this request only
+                log.exception("could not admit sequence %s", sequence.sequence_id)
+                if sequence.route is not None:
+                    sequence.route.release(sequence.sequence_id)
+                fail(sequence, f"the request could not be scheduled: {type(error).__name__}", 503)
 
     def _open(self, sequence: Sequence) -> bool:
         """Give a new sequence a route whose hops all accept it; a refusing or lost hop means another try."""
@@ -159,7 +202,7 @@ class Scheduler:
             if route is None:
                 break
             try:
-                route.open(sequence.sequence_id)
+                route.open(sequence.sequence_id, self.max_tokens(sequence))
             except Exception as error:  # noqa: BLE001 - a hop refused or is gone: try a route without it
                 log.warning("could not open sequence on %s: %s", route, error)
                 failures.append(str(error) or type(error).__name__)
@@ -168,10 +211,15 @@ class Scheduler:
             sequence.route = route
             return True
         if failures:
-            sequence.finish("error", f"the pipe refused the request: {failures[-1]}", 503)
+            fail(sequence, f"the pipe refused the request: {failures[-1]}", 503)
         else:
-            sequence.finish("error", "no complete pipe serves this model right now", 503)
+            fail(sequence, "no complete pipe serves this model right now", 503)
         return False
+
+    def max_tokens(self, sequence: Sequence) -> int:
+        """The most tokens ``sequence`` can ever hold: what each hop reserves KV memory for."""
+        wanted = len(sequence.request.prompt_token_ids) + sequence.request.max_new_tokens
+        return max(1, min(wanted, self.end_model.context_length))
 
     def _lane_for(self, sequence: Sequence) -> Lane:
         assert sequence.route is not None
@@ -190,9 +238,12 @@ class Scheduler:
             self._release(sequence)
 
     def _release(self, sequence: Sequence) -> None:
-        self.end_model.local_layers.release(sequence.sequence_id)
-        if sequence.route is not None:
-            sequence.route.release(sequence.sequence_id)
+        try:
+            self.end_model.local_layers.release(sequence.sequence_id)
+            if sequence.route is not None:
+                sequence.route.release(sequence.sequence_id)
+        except Exception:  # noqa: BLE001 - freeing is best effort; the hops' idle sweep frees what is left
+            log.exception("could not release sequence %s", sequence.sequence_id)
 
     def step(self, active: list[Sequence]) -> None:
         """One packed forward per route, then sampling for every sequence that is due a token."""
@@ -205,9 +256,14 @@ class Scheduler:
                 continue
             try:
                 self._step_route(members)
-            except Exception as error:  # noqa: BLE001 - a lost hop only affects the sequences on that route
-                log.warning("route %s failed: %s", members[0].route, error)
-                self._reroute(members, error)
+            except RouteFailure as failure:
+                # A lost, failing or late hop only affects the sequences on that route.
+                log.warning("route %s failed: %s", route, failure.__cause__)
+                self._reroute(members, failure.__cause__ or failure)
+            except Exception as error:  # noqa: BLE001 - a local failure: these requests end, the lane goes on
+                log.exception("step on %s failed on this node", route)
+                for sequence in members:
+                    fail(sequence, f"generation failed: {type(error).__name__}")
         self.drop_finished(active)
 
     def _reroute(self, members: list[Sequence], error: Exception, counts_as_failure: bool = True) -> None:
@@ -222,18 +278,16 @@ class Scheduler:
             assert sequence.route is not None
             sequence.route.release(sequence.sequence_id)
             sequence.replays += int(counts_as_failure)
-            route = self.choose_route() if sequence.replays <= MAX_REPLAYS else None
-            if route is None:
-                sequence.finish(
-                    "error", f"a node on the route failed and no other route is available: {error}", 503
-                )
-                continue
             try:
-                route.open(sequence.sequence_id)
+                route = self.choose_route() if sequence.replays <= MAX_REPLAYS else None
+                if route is None:
+                    fail(
+                        sequence, f"a node on the route failed and no other route is available: {error}", 503
+                    )
+                    continue
+                route.open(sequence.sequence_id, self.max_tokens(sequence))
             except Exception as open_error:  # noqa: BLE001 - the new route refused too: report both failures
-                sequence.finish(
-                    "error", f"a node on the route failed ({error}); rerouting failed: {open_error}", 503
-                )
+                fail(sequence, f"a node on the route failed ({error}); rerouting failed: {open_error}", 503)
                 continue
             log.info(
                 "replaying sequence %s (%d tokens) on %s", sequence.sequence_id, len(sequence.tokens), route
@@ -271,7 +325,10 @@ class Scheduler:
         assert route is not None
         hidden = self.end_model.embed([token for _, chunk in plan for token in chunk])
         hidden = self.end_model.local_layers.forward(hidden, batch)
-        hidden = route.forward(hidden, batch)
+        try:
+            hidden = route.forward(hidden, batch)
+        except Exception as error:  # noqa: BLE001 - any hop failure (lost, refused, late) fails the route
+            raise RouteFailure(str(error)) from error
         due_rows: list[int] = []
         due: list[Sequence] = []
         row = -1
@@ -284,18 +341,29 @@ class Scheduler:
         if not due:
             return
         logits = self.end_model.logits(hidden[0, due_rows])
-        vocab_size = logits.shape[-1]
         for sequence, row_logits in zip(due, logits, strict=True):
-            if sequence.cancelled.is_set():
-                continue
+            if not sequence.cancelled.is_set():
+                self._next_token(sequence, row_logits)
+
+    def _next_token(self, sequence: Sequence, row_logits: torch.Tensor) -> None:
+        """Sample, constrain and detokenize one sequence's next token; a failure ends that sequence only."""
+        try:
             token = pick_token(
                 row_logits,
                 sequence.request.sampling,
                 sequence.generated,
-                sequence.allowed_tokens(vocab_size),
+                sequence.allowed_tokens(row_logits.shape[-1]),
                 sequence.random,
             )
             sequence.add_token(token, self.end_model.eos_token_ids)
+            if not sequence.finished and len(sequence.tokens) >= self.max_tokens(sequence):
+                sequence.finish(
+                    "length"
+                )  # the context is full: one more token would pass every hop's reservation
+        except Exception as error:  # noqa: BLE001 - sampling, grammar or text of one sequence: it alone fails
+            log.exception("sequence %s failed after its step", sequence.sequence_id)
+            what = str(error) if isinstance(error, SamplingError) else type(error).__name__
+            fail(sequence, f"generating the next token failed: {what}")
 
 
 def _drain(pending: queue.Queue[Sequence | None]) -> list[Sequence | None]:

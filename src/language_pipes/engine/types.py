@@ -17,6 +17,9 @@ ModelId = NewType("ModelId", str)
 
 FinishReason = Literal["stop", "length", "error"]
 
+# Temperatures below this sample greedily: dividing logits by less only rounds to argmax anyway.
+GREEDY_TEMPERATURE = 1e-5
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -32,7 +35,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+        return self.temperature < GREEDY_TEMPERATURE or self.top_k == 1
 
 
 class TokenConstraint(Protocol):

@@ -2,7 +2,8 @@
 
 Each live sequence owns one :class:`SequenceCache` on every node that runs
 some of its layers. Buffers grow by doubling, so a decode step appends in
-place instead of copying the whole history.
+place instead of copying the whole history; a cache with a ``max_length``
+(the tokens its node reserved memory for) never grows beyond it.
 """
 
 from __future__ import annotations
@@ -10,17 +11,24 @@ from __future__ import annotations
 import torch
 
 
+class CacheFullError(ValueError):
+    """A sequence outgrew the length its cache was reserved for."""
+
+
 class LayerCache:
     """Keys and values of one layer for one sequence: ``[1, kv_heads, length, head_dim]`` views."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_length: int | None = None) -> None:
         self._keys: torch.Tensor | None = None
         self._values: torch.Tensor | None = None
         self.length = 0
+        self.max_length = max_length
 
     def append(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         new = keys.shape[2]
         needed = self.length + new
+        if self.max_length is not None and needed > self.max_length:
+            raise CacheFullError(f"{needed} tokens exceed the {self.max_length} this cache was reserved for")
         if self._keys is None or needed > self._keys.shape[2]:
             self._grow(keys, values, needed)
         assert self._keys is not None and self._values is not None
@@ -31,6 +39,8 @@ class LayerCache:
 
     def _grow(self, keys: torch.Tensor, values: torch.Tensor, needed: int) -> None:
         capacity = max(64, needed, 2 * (self._keys.shape[2] if self._keys is not None else 0))
+        if self.max_length is not None:
+            capacity = max(needed, min(capacity, self.max_length))
         shape = (keys.shape[0], keys.shape[1], capacity, keys.shape[3])
         grown_keys = keys.new_empty(shape)
         grown_values = values.new_empty((*shape[:3], values.shape[3]))
@@ -51,8 +61,8 @@ class LayerCache:
 class SequenceCache:
     """The caches of every hosted layer for one sequence, keyed by absolute layer index."""
 
-    def __init__(self, layer_indices: range) -> None:
-        self.layers = {index: LayerCache() for index in layer_indices}
+    def __init__(self, layer_indices: range, max_length: int | None = None) -> None:
+        self.layers = {index: LayerCache(max_length) for index in layer_indices}
 
     @property
     def length(self) -> int:

@@ -3,6 +3,11 @@
 This is where a layer is run. The same class serves the layers an end model
 keeps locally and the layers a layer-model node hosts for others; the network
 only adds a transport in front of :meth:`LayerSegment.forward`.
+
+With a KV budget (a layer node's segments), :meth:`LayerSegment.open`
+reserves a sequence's KV memory for its maximum length up front and refuses
+what the budget cannot cover; steps then stay within that length and the
+model's context, so the caches never grow past the budget.
 """
 
 from __future__ import annotations
@@ -50,6 +55,10 @@ class UnknownSequenceError(KeyError):
     """A step continues a sequence whose cache this segment does not hold (e.g. after a restart)."""
 
 
+class StepOutOfBoundsError(ValueError):
+    """A step's rows do not fit: bad lengths, positions past the reserved length or the context."""
+
+
 class LayerSegment:
     """Decoder layers ``[start, end)`` of one model, materialised on one device."""
 
@@ -78,9 +87,13 @@ class LayerSegment:
         self.rotary = source.rotary(device)
         self._caches: dict[SequenceId, SequenceCache] = {}
         self._last_used: dict[SequenceId, float] = {}
+        # Tokens each opened sequence may hold here (its KV memory is reserved for them at open).
+        self._reserved: dict[SequenceId, int] = {}
         self._lock = threading.Lock()
-        # Bytes the KV caches may take before new sequences are refused (None: no limit).
+        # Bytes the KV caches may take, all reservations together (None: no limit, no open needed).
         self.kv_budget_bytes: int | None = None
+        self.kv_bytes_per_token = source.kv_bytes_per_token(dtype) * (end - start)
+        self.context_length = int(getattr(source.config, "max_position_embeddings", 0) or 4096)
 
     @property
     def layer_range(self) -> range:
@@ -99,9 +112,10 @@ class LayerSegment:
             raise ValueError(f"layers {start}-{end} are outside this segment's {self.start}-{self.end}")
         if start == end:
             return hidden
+        self._check_batch(hidden, batch)
         caches = tuple(
-            self._cache_for(sid, pos, start)
-            for sid, pos in zip(batch.sequence_ids, batch.start_positions, strict=True)
+            self._cache_for(sid, pos, length, start)
+            for sid, pos, length in zip(batch.sequence_ids, batch.start_positions, batch.lengths, strict=True)
         )
         hidden = hidden.to(device=self.device, dtype=self.dtype)
         position_ids = batch.position_ids(self.device)
@@ -122,24 +136,71 @@ class LayerSegment:
                 hidden = output[0] if isinstance(output, tuple) else output
         return hidden
 
-    def open(self, sequence_id: SequenceId) -> None:
-        """Admit a new sequence unless the KV caches already fill their budget (caches grow on each step)."""
-        if self.kv_budget_bytes is not None and sequence_id not in self._caches:
-            used = self.cache_nbytes()
-            if used >= self.kv_budget_bytes:
-                raise KVBudgetExceededError(
-                    f"the KV cache of layers {self.start}-{self.end - 1} is full "
-                    f"({used / 2**20:.0f} of {self.kv_budget_bytes / 2**20:.0f} MiB)"
+    def open(self, sequence_id: SequenceId, max_tokens: int | None = None) -> None:
+        """Reserve KV memory for a sequence of up to ``max_tokens`` (default: the context) tokens.
+
+        Raises KVBudgetExceededError when the reservations would exceed the budget.
+        Opening an open sequence again re-reserves it for the new length.
+        """
+        tokens = self.context_length if max_tokens is None else max_tokens
+        if not 1 <= tokens <= self.context_length:
+            raise StepOutOfBoundsError(f"a sequence holds 1 to {self.context_length} tokens, not {tokens}")
+        with self._lock:
+            if self.kv_budget_bytes is not None:
+                others = sum(n for sid, n in self._reserved.items() if sid != sequence_id)
+                reserved = others * self.kv_bytes_per_token
+                needed = tokens * self.kv_bytes_per_token
+                if reserved + needed > self.kv_budget_bytes:
+                    raise KVBudgetExceededError(
+                        f"the KV cache of layers {self.start}-{self.end - 1} is full "
+                        f"({reserved / 2**20:.0f} of {self.kv_budget_bytes / 2**20:.0f} MiB reserved, "
+                        f"{needed / 2**20:.1f} MiB more needed)"
+                    )
+            self._reserved[sequence_id] = tokens
+            self._last_used[sequence_id] = time.monotonic()
+            cache = self._caches.get(sequence_id)
+            if cache is not None and cache.length > tokens:
+                cache.truncate(tokens)
+            if cache is not None:
+                for layer in cache.layers.values():
+                    layer.max_length = tokens
+
+    def _check_batch(self, hidden: torch.Tensor, batch: SegmentBatch) -> None:
+        """Refuse a malformed step before any cache changes."""
+        if not batch.sequence_ids:
+            raise StepOutOfBoundsError("a step needs at least one sequence")
+        if len(set(batch.sequence_ids)) != len(batch.sequence_ids):
+            raise StepOutOfBoundsError("a step lists a sequence twice")
+        if any(length < 1 for length in batch.lengths):
+            raise StepOutOfBoundsError("every sequence in a step needs at least one token")
+        if hidden.dim() != 3 or hidden.shape[1] != batch.total_tokens:
+            raise StepOutOfBoundsError(
+                f"the step has {batch.total_tokens} tokens but hidden states of shape {tuple(hidden.shape)}"
+            )
+        for sequence_id, position, length in zip(
+            batch.sequence_ids, batch.start_positions, batch.lengths, strict=True
+        ):
+            limit = self._reserved.get(sequence_id, self.context_length)
+            if position + length > limit:
+                raise StepOutOfBoundsError(
+                    f"sequence {sequence_id} would reach {position + length} tokens; it may hold {limit}"
                 )
 
-    def _cache_for(self, sequence_id: SequenceId, start_position: int, first_layer: int) -> SequenceCache:
+    def _cache_for(
+        self, sequence_id: SequenceId, start_position: int, length: int, first_layer: int
+    ) -> SequenceCache:
         with self._lock:
+            limit = self._reserved.get(sequence_id)
+            if limit is None and self.kv_budget_bytes is not None:
+                raise UnknownSequenceError(sequence_id)  # budgeted segments only run opened sequences
+            if start_position + length > (limit or self.context_length):
+                raise StepOutOfBoundsError(f"sequence {sequence_id} outgrew its reserved length")
             self._last_used[sequence_id] = time.monotonic()
             cache = self._caches.get(sequence_id)
             if cache is None:
                 if start_position != 0:
                     raise UnknownSequenceError(sequence_id)
-                cache = self._caches[sequence_id] = SequenceCache(self.layer_range)
+                cache = self._caches[sequence_id] = SequenceCache(self.layer_range, limit)
             length = cache.layers[first_layer].length
             if length > start_position:
                 cache.truncate(start_position)  # a replayed or retried step overwrites what followed
@@ -151,6 +212,7 @@ class LayerSegment:
         with self._lock:
             self._caches.pop(sequence_id, None)
             self._last_used.pop(sequence_id, None)
+            self._reserved.pop(sequence_id, None)
 
     def release_idle(self, idle_seconds: float) -> list[SequenceId]:
         """Backstop: free caches no step has touched for ``idle_seconds``."""
@@ -164,6 +226,11 @@ class LayerSegment:
     @property
     def sequence_count(self) -> int:
         return len(self._caches)
+
+    def reserved_tokens(self) -> int:
+        """Tokens of KV memory reserved by open sequences, all together."""
+        with self._lock:
+            return sum(self._reserved.values())
 
     def cache_nbytes(self) -> int:
         with self._lock:

@@ -3,6 +3,10 @@
 A step header names the model, the layers to run and, for each sequence in
 the packed batch, its opaque id, first position and number of new tokens.
 No token ids or text ever appear here: layer nodes only see hidden states.
+
+Every count and size in a header is bounded (``MAX_*`` below) and checked
+against the frame's length before anything is allocated; the payload of the
+largest legal step is :func:`max_step_payload_bytes`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,19 @@ _DTYPES_BY_CODE = {code: dtype for dtype, code in _DTYPE_CODES.items()}
 _STEP_FIXED = struct.Struct("!HHHBII")  # model id length, start, end, dtype, hidden size, sequence count
 SEQUENCE_ID_BYTES = 16
 _SEQUENCE = struct.Struct("!16sII")  # sequence id, start position, new tokens
+
+# Bounds of one step (the origin's scheduler packs at most step_token_budget = 512 tokens by default).
+MAX_STEP_SEQUENCES = 1024
+MAX_STEP_TOKENS = 4096
+MAX_HIDDEN_SIZE = 16384
+MAX_MODEL_ID_BYTES = 512
+# The largest step header: fixed part, the longest model id, a row per sequence.
+MAX_STEP_HEADER_BYTES = _STEP_FIXED.size + MAX_MODEL_ID_BYTES + MAX_STEP_SEQUENCES * _SEQUENCE.size
+
+
+def max_step_payload_bytes(hidden_size: int = MAX_HIDDEN_SIZE, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes of the hidden states of the largest legal step."""
+    return MAX_STEP_TOKENS * hidden_size * torch.empty((), dtype=dtype).element_size()
 
 
 class MalformedPipeFrame(ValueError):
@@ -75,6 +92,9 @@ def decode_step(raw: bytes) -> StepHeader:
     try:
         model_length, start, end, dtype_code, hidden_size, count = _STEP_FIXED.unpack_from(raw)
         offset = _STEP_FIXED.size
+        _check_bounds(model_length, start, end, hidden_size, count)
+        if offset + model_length + count * _SEQUENCE.size != len(raw):
+            raise MalformedPipeFrame("step header is truncated or has trailing bytes")
         model_id = raw[offset : offset + model_length].decode()
         offset += model_length
         rows = [_SEQUENCE.unpack_from(raw, offset + i * _SEQUENCE.size) for i in range(count)]
@@ -82,14 +102,25 @@ def decode_step(raw: bytes) -> StepHeader:
     except (struct.error, KeyError, UnicodeDecodeError) as error:
         # Any layout violation is the sender's fault; the handler turns this into an error reply.
         raise MalformedPipeFrame(f"bad step header: {error}") from error
-    if offset + count * _SEQUENCE.size != len(raw):
-        raise MalformedPipeFrame("step header has trailing bytes")
+    if sum(r[2] for r in rows) > MAX_STEP_TOKENS:
+        raise MalformedPipeFrame(f"a step carries at most {MAX_STEP_TOKENS} tokens")
     batch = SegmentBatch(
         sequence_ids=tuple(decode_sequence_id(r[0]) for r in rows),
         start_positions=tuple(r[1] for r in rows),
         lengths=tuple(r[2] for r in rows),
     )
     return StepHeader(model_id, start, end, dtype, hidden_size, batch)
+
+
+def _check_bounds(model_length: int, start: int, end: int, hidden_size: int, count: int) -> None:
+    if model_length > MAX_MODEL_ID_BYTES:
+        raise MalformedPipeFrame(f"model id longer than {MAX_MODEL_ID_BYTES} bytes")
+    if start > end:
+        raise MalformedPipeFrame(f"layer range {start}-{end} is reversed")
+    if not 0 < hidden_size <= MAX_HIDDEN_SIZE:
+        raise MalformedPipeFrame(f"hidden size {hidden_size} is outside 1-{MAX_HIDDEN_SIZE}")
+    if count > MAX_STEP_SEQUENCES:
+        raise MalformedPipeFrame(f"a step carries at most {MAX_STEP_SEQUENCES} sequences, not {count}")
 
 
 def tensor_bytes(hidden: torch.Tensor) -> memoryview:
@@ -100,6 +131,12 @@ def tensor_bytes(hidden: torch.Tensor) -> memoryview:
 
 def tensor_from_bytes(raw: bytes | memoryview, dtype: torch.dtype, hidden_size: int) -> torch.Tensor:
     """``[1, tokens, hidden_size]`` tensor over the received bytes."""
+    if hidden_size <= 0:
+        raise MalformedPipeFrame("hidden size must be positive")
+    if len(raw) % torch.empty((), dtype=dtype).element_size():
+        raise MalformedPipeFrame("payload size is not a whole number of values")
+    if not len(raw):
+        return torch.empty((1, 0, hidden_size), dtype=dtype)  # frombuffer refuses an empty buffer
     values = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype)
     if values.numel() % hidden_size:
         raise MalformedPipeFrame("payload size is not a multiple of the hidden size")

@@ -5,7 +5,13 @@
 Steps go over the scheduler thread's own step lane to the node when it offers
 one (no event-loop handoffs, see network/lanes.py), otherwise over the peer
 network, blocking on its event loop. A lost peer surfaces as an exception
-within the network's failure timeout either way.
+within the network's failure timeout either way, and a peer that stays
+connected but does not answer within its step's deadline fails the step
+too: the scheduler counts that hop as lost and moves the route's sequences.
+The deadline is ``step_timeout_s`` plus ``step_timeout_per_token_s`` for each
+token of the step (config keys): a decode step must answer within about 5 s,
+while a 512-token prefill step, which takes some 15 s on a busy two-core CPU,
+gets the time it legitimately needs.
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ from language_pipes.pipes.frames import (
 
 T = TypeVar("T")
 
-STEP_TIMEOUT_S = 120.0
+# Default deadline of one step on one hop: a base plus an allowance per token of the step
+# (NodeConfig.step_timeout_s and step_timeout_per_token_s set them per node).
+STEP_TIMEOUT_S = 5.0
+STEP_TIMEOUT_PER_TOKEN_S = 0.1
 OPEN_TIMEOUT_S = 5.0
 
 
@@ -50,6 +59,8 @@ class RemoteSegment:
         end: int,
         dtype: torch.dtype,
         on_other_machine: bool = True,
+        step_timeout_s: float = STEP_TIMEOUT_S,
+        step_timeout_per_token_s: float = STEP_TIMEOUT_PER_TOKEN_S,
     ) -> None:
         self.network = network
         self.loop = loop
@@ -59,12 +70,20 @@ class RemoteSegment:
         self.dtype = dtype
         # A hop with its own compute: worth keeping busy with a second micro-batch.
         self.on_other_machine = on_other_machine
+        self.step_timeout_s = step_timeout_s
+        self.step_timeout_per_token_s = step_timeout_per_token_s
+
+    def step_deadline_s(self, batch: SegmentBatch) -> float:
+        """Seconds this hop may take for ``batch`` before it counts as lost."""
+        return self.step_timeout_s + self.step_timeout_per_token_s * batch.total_tokens
 
     def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout + 1.0)
 
-    def open(self, sequence_id: SequenceId) -> None:
-        header = {"model_id": self.model_id, "start": self.start, "end": self.end}
+    def open(self, sequence_id: SequenceId, max_tokens: int | None = None) -> None:
+        header: dict[str, object] = {"model_id": self.model_id, "start": self.start, "end": self.end}
+        if max_tokens is not None:
+            header["max_tokens"] = max_tokens
         payload = encode_sequence_ids([sequence_id])
         self._call(
             self.network.request(self.node_id, KIND_OPEN, header, payload, OPEN_TIMEOUT_S), OPEN_TIMEOUT_S
@@ -75,10 +94,11 @@ class RemoteSegment:
             StepHeader(self.model_id, self.start, self.end, self.dtype, hidden.shape[-1], batch)
         )
         data = tensor_bytes(hidden.to(self.dtype))
-        payload = self.network.lane_request(self.node_id, KIND_STEP, header, data, STEP_TIMEOUT_S)
+        timeout = self.step_deadline_s(batch)
+        payload = self.network.lane_request(self.node_id, KIND_STEP, header, data, timeout)
         if payload is None:
-            request = self.network.request(self.node_id, KIND_STEP, header, data, STEP_TIMEOUT_S)
-            _, payload = self._call(request, STEP_TIMEOUT_S)
+            request = self.network.request(self.node_id, KIND_STEP, header, data, timeout)
+            _, payload = self._call(request, timeout)
         return tensor_from_bytes(payload, self.dtype, hidden.shape[-1])
 
     def release(self, sequence_id: SequenceId) -> None:

@@ -23,8 +23,8 @@ class SegmentRunner(Protocol):
 
     def forward(self, hidden: torch.Tensor, batch: SegmentBatch) -> torch.Tensor: ...
 
-    def open(self, sequence_id: SequenceId) -> None:
-        """Reserve room for a new sequence; raises when the hop refuses it."""
+    def open(self, sequence_id: SequenceId, max_tokens: int | None = None) -> None:
+        """Reserve room (KV memory for ``max_tokens``) for a new sequence; raises when the hop refuses it."""
         ...
 
     def release(self, sequence_id: SequenceId) -> None: ...
@@ -51,11 +51,11 @@ class Route:
             hidden = segment.forward(hidden, batch)
         return hidden
 
-    def open(self, sequence_id: SequenceId) -> None:
-        """Reserve the sequence on every hop; raises the first hop's refusal."""
+    def open(self, sequence_id: SequenceId, max_tokens: int | None = None) -> None:
+        """Reserve the sequence (up to ``max_tokens`` tokens) on every hop; raises the first hop's refusal."""
         self.open_sequences += 1
         for segment in self.segments:
-            segment.open(sequence_id)
+            segment.open(sequence_id, max_tokens)
 
     def release(self, sequence_id: SequenceId) -> None:
         self.open_sequences = max(0, self.open_sequences - 1)
@@ -80,8 +80,8 @@ class LocalHop:
     def forward(self, hidden: torch.Tensor, batch: SegmentBatch) -> torch.Tensor:
         return self.segment.forward(hidden, batch, self.start, self.end)
 
-    def open(self, sequence_id: SequenceId) -> None:
-        self.segment.open(sequence_id)
+    def open(self, sequence_id: SequenceId, max_tokens: int | None = None) -> None:
+        self.segment.open(sequence_id, max_tokens)
 
     def release(self, sequence_id: SequenceId) -> None:
         self.segment.release(sequence_id)
@@ -90,6 +90,6 @@ class LocalHop:
 class LayerSegmentLike(Protocol):
     def forward(self, hidden: torch.Tensor, batch: SegmentBatch, start: int, end: int) -> torch.Tensor: ...
 
-    def open(self, sequence_id: SequenceId) -> None: ...
+    def open(self, sequence_id: SequenceId, max_tokens: int | None = None) -> None: ...
 
     def release(self, sequence_id: SequenceId) -> None: ...

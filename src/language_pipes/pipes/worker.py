@@ -7,6 +7,12 @@ packed batch through a layer range and reply with the hidden states) and
 thread, see network/lanes.py) or, from origins without a lane, over the peer
 network (run on a compute thread so the event loop keeps serving). One lock
 keeps the two from computing at once.
+
+A sequence belongs to the origin that opened it: another origin can neither
+open the same id, step it nor release it. ``pipe.open`` may name the
+sequence's maximum length (``max_tokens``, default the model's context); the
+segment reserves KV memory for it or refuses. Steps are bounded (pipes/
+frames.py) and must match the segment's hidden size and their payload.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from language_pipes.engine.types import SequenceId
 from language_pipes.models.segment import LayerSegment
 from language_pipes.network.peer_network import Header, PeerNetwork, Reply
@@ -24,6 +33,8 @@ from language_pipes.pipes.frames import (
     KIND_OPEN,
     KIND_RELEASE,
     KIND_STEP,
+    MAX_MODEL_ID_BYTES,
+    MalformedPipeFrame,
     decode_sequence_ids,
     decode_step,
     tensor_bytes,
@@ -39,6 +50,10 @@ class NodeBusyError(RuntimeError):
     """The origin already holds ``max_node_jobs`` sequences on this node."""
 
 
+class SequenceOwnedError(PermissionError):
+    """The sequence id belongs to another origin."""
+
+
 class LayerWorker:
     """Serves this node's layer segments to the network."""
 
@@ -47,6 +62,7 @@ class LayerWorker:
         self.max_node_jobs = max_node_jobs
         self.segments: dict[str, list[LayerSegment]] = {}
         self._owners: dict[NodeId, set[SequenceId]] = {}
+        self._owner_of: dict[SequenceId, NodeId] = {}
         # True while the node is leaving: no new sequences; origins move the ones it holds.
         self.draining = False
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="layers")
@@ -79,21 +95,32 @@ class LayerWorker:
         raise LookupError(f"this node does not host layers {start}-{end} of {model_id}")
 
     async def _on_open(self, sender: NodeId, header: Header, payload: bytes) -> Reply:
-        if not isinstance(header, dict):
-            raise ValueError("pipe.open needs a header object")
-        segment = self._segment_for(str(header.get("model_id")), int(header["start"]), int(header["end"]))
+        request = _open_request(header)
+        segment = self._segment_for(request.model_id, request.start, request.end)
         if self.draining:
             raise NodeBusyError(f"node {self.network.node_id} is leaving the network")
         owned = self._owners.setdefault(sender, set())
-        new = [sid for sid in decode_sequence_ids(payload) if sid not in owned]
+        requested = list(dict.fromkeys(decode_sequence_ids(payload)))
+        if any(self._owner_of.get(sid, sender) != sender for sid in requested):
+            raise SequenceOwnedError("a sequence id in this request belongs to another origin")
+        new = [sid for sid in requested if sid not in owned]
         if len(owned) + len(new) > self.max_node_jobs:
             raise NodeBusyError(
                 f"node {self.network.node_id} already holds {len(owned)} sequences for {sender} "
                 f"(max_node_jobs = {self.max_node_jobs})"
             )
-        for sequence_id in new:
-            segment.open(sequence_id)
+        opened: list[SequenceId] = []
+        try:
+            for sequence_id in requested:
+                segment.open(sequence_id, request.max_tokens)
+                opened.append(sequence_id)
+        except Exception:  # noqa: BLE001 - all or nothing: undo this request's new reservations, then refuse
+            for sequence_id in opened:
+                if sequence_id in new:
+                    segment.release(sequence_id)
+            raise
         owned.update(new)
+        self._owner_of.update((sid, sender) for sid in new)
         return {"accepted": len(new)}, b""
 
     async def _on_step(self, sender: NodeId, header: Header, payload: bytes) -> Reply:
@@ -109,7 +136,13 @@ class LayerWorker:
         owned = self._owners.get(sender, set())
         unknown = [sid for sid in step.batch.sequence_ids if sid not in owned]
         if unknown:
-            raise LookupError(f"sequences not opened on this node: {', '.join(unknown)}")
+            raise LookupError(f"sequences not opened on this node for this origin: {', '.join(unknown)}")
+        hidden_size = int(segment.model_id_config.hidden_size)
+        if step.hidden_size != hidden_size:
+            raise MalformedPipeFrame(f"hidden size {step.hidden_size} is not the model's {hidden_size}")
+        expected = step.batch.total_tokens * hidden_size * torch.empty((), dtype=step.dtype).element_size()
+        if len(payload) != expected:
+            raise MalformedPipeFrame(f"the step's payload has {len(payload)} bytes, not {expected}")
         hidden = tensor_from_bytes(payload, step.dtype, step.hidden_size)
         with self._compute_lock:
             output = segment.forward(hidden, step.batch, step.start_layer, step.end_layer)
@@ -118,7 +151,10 @@ class LayerWorker:
     async def _on_release(self, sender: NodeId, header: Header, payload: bytes) -> Reply | None:
         owned = self._owners.get(sender, set())
         for sequence_id in decode_sequence_ids(payload):
+            if sequence_id not in owned:
+                continue  # not this origin's sequence (or already gone): nothing of its own to free
             owned.discard(sequence_id)
+            self._owner_of.pop(sequence_id, None)
             for segments in self.segments.values():
                 for segment in segments:
                     segment.release(sequence_id)
@@ -127,6 +163,7 @@ class LayerWorker:
     def forget_origin(self, origin: NodeId) -> None:
         """An origin left the network: free everything it held here."""
         for sequence_id in self._owners.pop(origin, set()):
+            self._owner_of.pop(sequence_id, None)
             for segments in self.segments.values():
                 for segment in segments:
                     segment.release(sequence_id)
@@ -137,5 +174,27 @@ class LayerWorker:
             for segments in self.segments.values():
                 for segment in segments:
                     for sequence_id in segment.release_idle(IDLE_SEQUENCE_TIMEOUT_S):
-                        for owned in self._owners.values():
-                            owned.discard(sequence_id)
+                        owner = self._owner_of.pop(sequence_id, None)
+                        if owner is not None:
+                            self._owners.get(owner, set()).discard(sequence_id)
+
+
+class OpenRequest(BaseModel):
+    """The header of ``pipe.open``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    model_id: str = Field(max_length=MAX_MODEL_ID_BYTES)
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    # The most tokens the sequence will hold (prompt + completion budget); None: the model's context.
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+def _open_request(header: Header) -> OpenRequest:
+    if not isinstance(header, dict):
+        raise ValueError("pipe.open needs a header object")
+    try:
+        return OpenRequest.model_validate(header)
+    except ValidationError as error:
+        raise ValueError(f"bad pipe.open header: {error.error_count()} invalid fields") from None
