@@ -18,6 +18,7 @@ import torch
 
 from language_pipes.engine.types import SequenceId
 from language_pipes.models.segment import SegmentBatch
+from language_pipes.network.limits import MAX_HIDDEN_SIZE, MAX_STEP_TOKENS
 
 KIND_OPEN = "pipe.open"
 KIND_STEP = "pipe.step"
@@ -30,10 +31,9 @@ _STEP_FIXED = struct.Struct("!HHHBII")  # model id length, start, end, dtype, hi
 SEQUENCE_ID_BYTES = 16
 _SEQUENCE = struct.Struct("!16sII")  # sequence id, start position, new tokens
 
-# Bounds of one step (the origin's scheduler packs at most step_token_budget = 512 tokens by default).
+# Bounds of one step (the origin's scheduler packs at most step_token_budget = 512 tokens by default);
+# tokens and hidden size are the network's, which sizes every socket's message cap from them.
 MAX_STEP_SEQUENCES = 1024
-MAX_STEP_TOKENS = 4096
-MAX_HIDDEN_SIZE = 16384
 MAX_MODEL_ID_BYTES = 512
 # The largest step header: fixed part, the longest model id, a row per sequence.
 MAX_STEP_HEADER_BYTES = _STEP_FIXED.size + MAX_MODEL_ID_BYTES + MAX_STEP_SEQUENCES * _SEQUENCE.size
