@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from language_pipes.paths import configs_dir
+from language_pipes.private_files import write_private_text
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 DataType = Literal["bfloat16", "float16", "float32"]
@@ -470,9 +471,6 @@ def config_report(config: NodeConfig, source: str | None = None) -> str:
 
 
 def save_config(path: Path, config: NodeConfig) -> None:
-    """Write the keys that were set (in the file or by code) back as TOML, atomically."""
+    """Write the keys that were set (in the file or by code) back as TOML, atomically, mode 0600."""
     document = config.model_dump(mode="json", exclude_unset=True, exclude_none=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(tomlkit.dumps(document), encoding="utf-8")
-    temporary.replace(path)
+    write_private_text(path, tomlkit.dumps(document))

@@ -287,3 +287,9 @@ def test_a_config_without_network_key_takes_lp_network_key(monkeypatch: pytest.M
     monkeypatch.setenv("LP_NETWORK_KEY", "not-hex")
     with pytest.raises(ConfigError, match=r"LP_NETWORK_KEY.*network_key"):
         parse_config({"node_id": "n"})
+
+
+def test_saved_configs_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    save_config(path, NodeConfig(node_id="n", network_key="ab" * 16, api_keys=("k",)))
+    assert path.stat().st_mode & 0o777 == 0o600

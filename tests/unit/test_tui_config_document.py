@@ -145,3 +145,12 @@ def test_which_edits_need_a_restart() -> None:
 def test_a_hand_broken_file_is_reported_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="node.toml: TOML syntax error"):
         ConfigDocument(write(tmp_path, "node_id = \n"))
+
+
+def test_configs_holding_keys_are_readable_by_their_owner_only(tmp_path: Path) -> None:
+    created = create_config("private")
+    assert created.stat().st_mode & 0o777 == 0o600
+    path = write(tmp_path)
+    path.chmod(0o644)  # a hand-written file, world-readable
+    ConfigDocument(path).update({"network_key": "ab" * 16, "api_keys": ["secret"]})
+    assert path.stat().st_mode & 0o777 == 0o600

@@ -24,6 +24,7 @@ from tomlkit.toml_document import TOMLDocument
 
 from language_pipes.config import ConfigError, NodeConfig, describe_one_error, parse_config
 from language_pipes.paths import configs_dir
+from language_pipes.private_files import write_private_text
 
 NEW_CONFIG_HEADER = (
     "# Language Pipes node configuration, created by the terminal UI (language-pipes).\n"
@@ -88,8 +89,7 @@ def create_config(name: str) -> Path:
     path = configs_dir() / f"{check_config_name(name)}.toml"
     if path.exists():
         raise ConfigError(f"{path}: a configuration named {name.strip()!r} already exists")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(NEW_CONFIG_HEADER, encoding="utf-8")
+    write_private_text(path, NEW_CONFIG_HEADER)
     return path
 
 
@@ -174,11 +174,8 @@ class ConfigDocument:
                     raise ConfigError(f"{self.path.name}: {describe_one_error(problem)}") from None
 
     def save(self) -> None:
-        """Write the document atomically."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(tomlkit.dumps(self.document), encoding="utf-8")
-        temporary.replace(self.path)
+        """Write the document atomically, readable by its owner only (it may hold keys)."""
+        write_private_text(self.path, tomlkit.dumps(self.document))
 
 
 def _as_toml(key: str, value: Any) -> Any:
