@@ -136,12 +136,12 @@ async def test_a_new_configuration_serves_the_default_model_with_an_api_key(tui_
         results: dict[str, object] = {}
 
         def long_request() -> None:
-            # Greedy on this prompt runs the full 120 tokens (a sampled answer may stop after a few,
+            # Greedy on this prompt runs the full 60 tokens (a sampled answer may stop after a few,
             # before the table refreshes), so the request is still active while the test looks.
             results["long"] = with_key.chat.completions.create(
                 model=DEFAULT_MODEL,
                 messages=[{"role": "user", "content": "Write a long story about a lighthouse keeper."}],
-                max_tokens=120,
+                max_tokens=60,
                 temperature=0,
             )
 
@@ -156,7 +156,7 @@ async def test_a_new_configuration_serves_the_default_model_with_an_api_key(tui_
         await wait_for(pilot, lambda: not worker.is_alive(), 120, "the long request")
         long_answer = results["long"]
         assert isinstance(long_answer, openai.types.chat.ChatCompletion)
-        assert long_answer.usage is not None and long_answer.usage.completion_tokens == 120
+        assert long_answer.usage is not None and long_answer.usage.completion_tokens == 60
 
         answer = await asyncio.to_thread(
             with_key.chat.completions.create,

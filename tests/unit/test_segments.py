@@ -25,7 +25,7 @@ from support.tiny_models import SplitModel, default_model_folder, open_split
 # Rerun under a second CPU kernel family by scripts/test.sh (see README, Tests).
 pytestmark = pytest.mark.numerics
 
-NEW_TOKENS = 48
+NEW_TOKENS = 32
 CHATS: dict[str, list[dict[str, object]]] = {
     "capital": [{"role": "user", "content": "What is the capital of France?"}],
     "poem": [
