@@ -116,7 +116,10 @@ async def test_a_killed_process_is_dropped_everywhere_and_its_restart_rejoins(
     await children.start("c", hub.peer_port, tmp_path / "c")
     await wait_until(lambda: set(hub.records()) == {"hub", "b", "c"}, 10.0, "b and c joining")
     await wait_until(lambda: hub.is_live(NodeId("c")), 5.0, "c live")
-    assert await _view_of(hub, "c") == ["b", "c", "hub"]  # c found b through the hub
+    deadline = time.monotonic() + 5.0
+    while await _view_of(hub, "c") != ["b", "c", "hub"]:  # c finds b through the hub's gossip
+        assert time.monotonic() < deadline, "c never learned of b"
+        await asyncio.sleep(0.1)
 
     payload = os.urandom(1 << 20)
     header, echoed = await hub.request(NodeId("b"), "echo", {}, payload, timeout=5.0)
