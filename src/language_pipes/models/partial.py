@@ -69,6 +69,7 @@ class ModelSource:
         module = module.to(dtype=dtype).to_empty(device=device)
         module.load_state_dict(local, strict=True, assign=True)
         self.family.fill_computed_buffers(module)
+        self.family.prepare_module(path, module)
         return module.eval()
 
     def load_head(self, dtype: torch.dtype, device: torch.device) -> nn.Module:

@@ -1,0 +1,127 @@
+"""The architectures added for the upstream release: Ministral 3, Ministral, Mistral and Gemma 4 text.
+
+The same split-equivalence checks as tests/unit/test_architectures.py
+(tests/support/split_checks.py): tiny random float32 models, split into 2 and
+3 segments at several points, give transformers' one-process logits at every
+step and its greedy tokens. Also: every model_type without an adapter, and
+every Gemma 4 feature a split pipe cannot carry, is refused when the folder is
+opened, with an error naming it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import Gemma4TextConfig, GPT2Config
+
+from language_pipes.models.architectures import UnsupportedArchitectureError, family_for
+from language_pipes.models.partial import ModelSource
+from support.split_checks import (
+    DECODE_STEPS,
+    PROMPT,
+    SPLITS,
+    check_chunked_prefill_in_a_packed_batch,
+    check_greedy_matches_generate,
+    check_logits_at_every_step,
+)
+from support.tiny_models import (
+    GEMMA_SLIDING_WINDOW,
+    MINISTRAL3_ORIGINAL_CONTEXT,
+    UPSTREAM_TINY_FAMILIES,
+    TinyFamily,
+    build_tiny_model,
+    tiny_config,
+)
+
+# Rerun under a second CPU kernel family by scripts/test.sh (see README, Tests).
+pytestmark = pytest.mark.numerics
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[TinyFamily, Path]:
+    root = tmp_path_factory.mktemp("tiny-upstream")
+    return {family: build_tiny_model(family, root / family) for family in UPSTREAM_TINY_FAMILIES}
+
+
+@pytest.mark.parametrize("family", UPSTREAM_TINY_FAMILIES)
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_split_logits_match_transformers_at_every_step(
+    family: TinyFamily, split: str, tiny_folders: dict[TinyFamily, Path]
+) -> None:
+    check_logits_at_every_step(tiny_folders[family], SPLITS[split], family)
+
+
+@pytest.mark.parametrize("family", UPSTREAM_TINY_FAMILIES)
+def test_split_greedy_tokens_match_generate(family: TinyFamily, tiny_folders: dict[TinyFamily, Path]) -> None:
+    check_greedy_matches_generate(tiny_folders[family])
+
+
+@pytest.mark.parametrize("family", UPSTREAM_TINY_FAMILIES)
+def test_chunked_prefill_and_packed_batch_match_one_sequence_alone(
+    family: TinyFamily, tiny_folders: dict[TinyFamily, Path]
+) -> None:
+    check_chunked_prefill_in_a_packed_batch(tiny_folders[family])
+
+
+def test_the_tiny_configs_exercise_what_differs() -> None:
+    """Each config really has the feature its adapter has to get right."""
+    ministral3 = tiny_config("ministral3")
+    assert ministral3.rope_parameters["rope_type"] == "yarn"
+    # Queries are scaled by 1 + beta * log(1 + position // original context): the tests pass that point.
+    assert len(PROMPT) + DECODE_STEPS > 2 * MINISTRAL3_ORIGINAL_CONTEXT
+    ministral = tiny_config("ministral")
+    assert set(ministral.layer_types) == {"sliding_attention", "full_attention"}
+    assert (
+        len(PROMPT)
+        > GEMMA_SLIDING_WINDOW
+        == ministral.sliding_window
+        == tiny_config("mistral").sliding_window
+    )
+    gemma4 = tiny_config("gemma4_text")
+    assert "store" in gemma4.kv_sharing_modes  # the layer call must get a shared-KV map
+    assert gemma4.attention_k_eq_v and gemma4.rope_parameters["full_attention"]["rope_type"] == "proportional"
+
+
+def test_each_upstream_family_has_its_adapter(tiny_folders: dict[TinyFamily, Path]) -> None:
+    for family, folder in tiny_folders.items():
+        assert ModelSource.open(folder).family.name == family
+
+
+def _write_config(folder: Path, config: object) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(folder)  # type: ignore[attr-defined]
+    return folder
+
+
+def test_an_unknown_model_type_is_refused_naming_it_and_the_supported_ones(tmp_path: Path) -> None:
+    folder = _write_config(tmp_path / "gpt2", GPT2Config(n_layer=2, n_embd=32, n_head=2))
+    with pytest.raises(UnsupportedArchitectureError) as refused:
+        ModelSource.open(folder)
+    message = str(refused.value)
+    assert "'gpt2' is not supported" in message
+    for supported in ("llama", "qwen3", "qwen3_moe", "gemma3", "gemma4_text", "ministral3", "phi3"):
+        assert supported in message
+
+
+def test_a_multimodal_wrapper_is_refused_pointing_at_its_text_model() -> None:
+    config = type("Config", (), {"model_type": "mistral3"})()
+    with pytest.raises(UnsupportedArchitectureError, match="multimodal checkpoint.*'ministral3'"):
+        family_for(config)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("feature", "value"), [("hidden_size_per_layer_input", 8), ("num_kv_shared_layers", 2)]
+)
+def test_gemma4_features_a_split_cannot_carry_are_refused(tmp_path: Path, feature: str, value: int) -> None:
+    config = tiny_config("gemma4_text").to_dict()
+    config[feature] = value
+    folder = _write_config(tmp_path / feature, Gemma4TextConfig(**config))
+    with pytest.raises(UnsupportedArchitectureError, match=f"gemma4_text: .*{feature}={value}"):
+        ModelSource.open(folder)
