@@ -32,6 +32,7 @@ from transformers import (
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
+    Qwen3_5TextConfig,
     Qwen3Config,
     Qwen3MoeConfig,
 )
@@ -42,11 +43,26 @@ from language_pipes.models.partial import ModelSource
 from language_pipes.models.segment import LayerSegment, SegmentBatch
 
 TinyFamily = Literal[
-    "llama", "qwen3", "qwen3_moe", "gemma3", "phi3", "ministral3", "ministral", "mistral", "gemma4_text"
+    "llama",
+    "qwen3",
+    "qwen3_moe",
+    "gemma3",
+    "phi3",
+    "ministral3",
+    "ministral",
+    "mistral",
+    "gemma4_text",
+    "qwen3_5_text",
 ]
 TINY_FAMILIES: tuple[TinyFamily, ...] = ("llama", "qwen3", "qwen3_moe", "gemma3", "phi3")
 # The families added for the upstream release's architectures (tests/unit/test_architectures_upstream.py).
-UPSTREAM_TINY_FAMILIES: tuple[TinyFamily, ...] = ("ministral3", "ministral", "mistral", "gemma4_text")
+UPSTREAM_TINY_FAMILIES: tuple[TinyFamily, ...] = (
+    "ministral3",
+    "ministral",
+    "mistral",
+    "gemma4_text",
+    "qwen3_5_text",
+)
 
 VOCAB_SIZE = 160
 # Gemma 3's sliding layers look back this many tokens; the tests run longer sequences than this.
@@ -167,6 +183,20 @@ def _gemma4_text() -> PretrainedConfig:
     )
 
 
+def _qwen3_5_text() -> PretrainedConfig:
+    """Qwen3.5: linear attention (gated delta net) in layers 0, 1 and 3, full attention in layer 2."""
+    return Qwen3_5TextConfig(
+        **_COMMON,
+        head_dim=16,
+        layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"],
+        linear_conv_kernel_dim=4,
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+    )
+
+
 _CONFIGS: dict[TinyFamily, Callable[[], PretrainedConfig]] = {
     "llama": _llama,
     "qwen3": _qwen3,
@@ -177,6 +207,7 @@ _CONFIGS: dict[TinyFamily, Callable[[], PretrainedConfig]] = {
     "ministral": _ministral,
     "mistral": _mistral,
     "gemma4_text": _gemma4_text,
+    "qwen3_5_text": _qwen3_5_text,
 }
 
 

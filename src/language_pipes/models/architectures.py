@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
+from language_pipes.models.recurrent import run_sequences_apart
+
 PositionEmbeddings = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -197,6 +199,21 @@ def _with_fresh_keyword(
     return call
 
 
+@dataclass(frozen=True)
+class HybridLinearAttentionFamily(Family):
+    """Qwen3.5: gated delta net (linear attention) layers between full-attention ones.
+
+    A linear-attention layer keeps a recurrent state per sequence in that
+    layer's cache and runs each packed sequence on its own (models/recurrent.py).
+    """
+
+    name: str = "qwen3_5_text"
+
+    def prepare_module(self, path: str, module: nn.Module) -> None:
+        if _DECODER_LAYER.match(path) and getattr(module, "block_type", None) == "linear_attention":
+            run_sequences_apart(module, int(path.rsplit(".", 1)[1]))
+
+
 _LLAMA_LIKE = ("llama", "qwen3", "phi3", "mistral", "ministral", "ministral3")
 
 _FAMILIES: dict[str, Family] = {
@@ -204,6 +221,7 @@ _FAMILIES: dict[str, Family] = {
     "gemma3": PerLayerTypeRotaryFamily(),
     "gemma3_text": PerLayerTypeRotaryFamily(),
     "gemma4_text": Gemma4Family(),
+    "qwen3_5_text": HybridLinearAttentionFamily(),
     "qwen3_moe": FusedExpertsFamily(),
     "qwen2_moe": FusedExpertsFamily(name="qwen2_moe"),
 }
