@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import Gemma4TextConfig, GPT2Config
+from transformers.integrations.heterogeneity.configuration_utils import AmbiguousGlobalPerLayerAttributeError
 
 from language_pipes.models.architectures import UnsupportedArchitectureError, family_for
 from language_pipes.models.partial import ModelSource
@@ -125,3 +126,15 @@ def test_gemma4_features_a_split_cannot_carry_are_refused(tmp_path: Path, featur
     folder = _write_config(tmp_path / feature, Gemma4TextConfig(**config))
     with pytest.raises(UnsupportedArchitectureError, match=f"gemma4_text: .*{feature}={value}"):
         ModelSource.open(folder)
+
+
+def test_kv_bytes_per_token_follow_each_layers_own_key_width(tiny_folders: dict[TinyFamily, Path]) -> None:
+    """Gemma 4's config refuses a global head_dim (its layer node never started); Qwen3.5's
+    linear-attention layers hold no keys. Placement budgets the widest attention layer."""
+    gemma4 = ModelSource.open(tiny_folders["gemma4_text"])
+    with pytest.raises(AmbiguousGlobalPerLayerAttributeError):
+        _ = gemma4.config.head_dim
+    widths = {layer.self_attn.k_proj.out_features for layer in gemma4.skeleton.model.layers}
+    assert gemma4.kv_bytes_per_token(torch.float32) == 2 * max(widths) * 4
+    qwen = ModelSource.open(tiny_folders["qwen3_5_text"])
+    assert qwen.kv_bytes_per_token(torch.bfloat16) == 2 * qwen.config.num_key_value_heads * 16 * 2

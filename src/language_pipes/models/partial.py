@@ -52,13 +52,27 @@ class ModelSource:
         return self.reader.stored_nbytes("model.layers.0.", dtype)
 
     def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
-        """KV cache bytes one token costs in one layer."""
+        """KV cache bytes one token costs in one layer (the largest layer's, where they differ).
+
+        Read off the skeleton's key projections where it has them: Gemma 4 sizes heads
+        per layer type (its config refuses a global ``head_dim``), and Qwen3.5's
+        linear-attention layers keep no keys at all. Fused projections (Phi-3's
+        ``qkv_proj``) leave the config's head counts.
+        """
+        element = torch.empty((), dtype=dtype).element_size()
+        widths = [
+            int(attention.k_proj.out_features)
+            for layer in self.skeleton.get_submodule("model.layers")
+            if (attention := getattr(layer, "self_attn", None)) is not None and hasattr(attention, "k_proj")
+        ]
+        if widths:
+            return 2 * max(widths) * element
         head_dim = (
             getattr(self.config, "head_dim", None)
             or self.config.hidden_size // self.config.num_attention_heads
         )
         kv_heads = getattr(self.config, "num_key_value_heads", None) or self.config.num_attention_heads
-        return 2 * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+        return 2 * kv_heads * head_dim * element
 
     def load_module(self, path: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
         """Materialise the skeleton's submodule at ``path`` (e.g. ``model.layers.3``) with its weights."""
