@@ -1,15 +1,18 @@
-"""The architectures added for the upstream release: Ministral 3, Ministral, Mistral and Gemma 4 text.
+"""The architectures added for the upstream release: Ministral 3, Ministral, Mistral, Gemma 4, Qwen3.5.
 
 The same split-equivalence checks as tests/unit/test_architectures.py
 (tests/support/split_checks.py): tiny random float32 models, split into 2 and
 3 segments at several points, give transformers' one-process logits at every
-step and its greedy tokens. Also: every model_type without an adapter, and
-every Gemma 4 feature a split pipe cannot carry, is refused when the folder is
-opened, with an error naming it.
+step and its greedy tokens. The multimodal checkpoints these models ship as
+(mistral3, qwen3_5, gemma4) serve their text model. Every model_type without
+an adapter, and every Gemma 4 feature a split pipe cannot carry, is refused
+when the folder is opened, with an error naming it. Qwen3.5's recurrent state:
+tests/unit/test_recurrent_state.py.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,9 +20,10 @@ import torch
 from transformers import Gemma4TextConfig, GPT2Config
 from transformers.integrations.heterogeneity.configuration_utils import AmbiguousGlobalPerLayerAttributeError
 
-from language_pipes.models.architectures import UnsupportedArchitectureError, family_for
+from language_pipes.models.architectures import UnsupportedArchitectureError
 from language_pipes.models.partial import ModelSource
 from support.split_checks import (
+    ATOL,
     DECODE_STEPS,
     PROMPT,
     SPLITS,
@@ -33,6 +37,9 @@ from support.tiny_models import (
     UPSTREAM_TINY_FAMILIES,
     TinyFamily,
     build_tiny_model,
+    open_split,
+    reference_model,
+    reference_steps,
     tiny_config,
 )
 
@@ -111,10 +118,50 @@ def test_an_unknown_model_type_is_refused_naming_it_and_the_supported_ones(tmp_p
         assert supported in message
 
 
-def test_a_multimodal_wrapper_is_refused_pointing_at_its_text_model() -> None:
-    config = type("Config", (), {"model_type": "mistral3"})()
-    with pytest.raises(UnsupportedArchitectureError, match="multimodal checkpoint.*'ministral3'"):
-        family_for(config)  # type: ignore[arg-type]
+# The multimodal release of each text model: (wrapper model_type, its config class name).
+WRAPPERS: dict[TinyFamily, tuple[str, str]] = {
+    "ministral3": ("mistral3", "Mistral3Config"),
+    "qwen3_5_text": ("qwen3_5", "Qwen3_5Config"),
+    "gemma4_text": ("gemma4", "Gemma4Config"),
+}
+
+
+def _as_multimodal_checkpoint(text_folder: Path, folder: Path, family: TinyFamily) -> Path:
+    """The text model's tensors under ``model.language_model.``, in a wrapper config (no vision weights)."""
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    folder.mkdir(parents=True)
+    tensors = load_file(text_folder / "model.safetensors")
+    renamed = {name.replace("model.", "model.language_model.", 1): t for name, t in tensors.items()}
+    save_file(renamed, folder / "model.safetensors", metadata={"format": "pt"})
+    text_config = json.loads((text_folder / "config.json").read_text())
+    wrapper_type, config_class = WRAPPERS[family]
+    wrapper = getattr(transformers, config_class)(text_config=text_config)
+    assert wrapper.model_type == wrapper_type
+    wrapper.save_pretrained(folder)
+    for tokenizer_file in text_folder.glob("tokenizer*"):
+        (folder / tokenizer_file.name).write_bytes(tokenizer_file.read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize("family", list(WRAPPERS))
+def test_a_multimodal_checkpoint_serves_its_text_model(
+    family: TinyFamily, tiny_folders: dict[TinyFamily, Path], tmp_path: Path
+) -> None:
+    """Ministral 3, Qwen3.5 and Gemma 4 ship as multimodal checkpoints: split, they equal the text model."""
+    folder = _as_multimodal_checkpoint(tiny_folders[family], tmp_path / "wrapped", family)
+    source = ModelSource.open(folder)
+    assert source.family.name == family and source.config.model_type == family
+    assert not source.reader.names_with_prefix("model.language_model.")
+    split = open_split(folder, (1, 2, 4), torch.float32)
+    reference = reference_model(tiny_folders[family])
+    position, feed = 0, list(PROMPT)
+    for step, expected in enumerate(reference_steps(reference, PROMPT, 3)):
+        got = split.step(["s"], [position], [feed])
+        torch.testing.assert_close(got, expected, atol=ATOL, rtol=1e-4, msg=f"{family} step {step}")
+        position += len(feed)
+        feed = [int(expected[-1].argmax())]
 
 
 @pytest.mark.parametrize(

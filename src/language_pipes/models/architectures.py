@@ -226,8 +226,22 @@ _FAMILIES: dict[str, Family] = {
     "qwen2_moe": FusedExpertsFamily(name="qwen2_moe"),
 }
 
-# Checkpoints that wrap the text model in a multimodal one (weights under model.language_model.*).
-_MULTIMODAL_WRAPPERS = {"gemma4": "gemma4_text", "mistral3": "ministral3", "qwen3_5": "qwen3_5_text"}
+# Multimodal checkpoints whose text model is served (image and audio inputs are not).
+_MULTIMODAL_WRAPPERS = frozenset({"gemma4", "mistral3", "qwen3_5"})
+# Where those checkpoints keep the text model's tensors, as transformers saves them and as older
+# releases on the hub do; mapped onto the stand-alone text model's names.
+_TEXT_MODEL_RENAMES = {
+    "model.language_model.": "model.",
+    "language_model.model.": "model.",
+    "language_model.lm_head.": "lm_head.",
+}
+
+
+def text_model_renames(config: PretrainedConfig) -> dict[str, str] | None:
+    """Checkpoint-name renames when ``config`` is a multimodal wrapper we serve the text model of."""
+    if getattr(config, "model_type", None) in _MULTIMODAL_WRAPPERS:
+        return dict(_TEXT_MODEL_RENAMES)
+    return None
 
 
 def supported_model_types() -> list[str]:
@@ -239,13 +253,10 @@ def family_for(config: PretrainedConfig) -> Family:
     model_type = str(getattr(config, "model_type", "") or "")
     family = _FAMILIES.get(model_type)
     if family is None:
-        hint = ""
-        if model_type in _MULTIMODAL_WRAPPERS:
-            text_type = _MULTIMODAL_WRAPPERS[model_type]
-            hint = f" (a multimodal checkpoint: save its text model, model_type {text_type!r}, on its own)"
         supported = ", ".join(supported_model_types())
         raise UnsupportedArchitectureError(
-            f"model_type {model_type!r} is not supported{hint}; supported: {supported}"
+            f"model_type {model_type!r} is not supported; supported: {supported}"
+            f" (and the text model of the multimodal {', '.join(sorted(_MULTIMODAL_WRAPPERS))})"
         )
     family.check(config)
     return family

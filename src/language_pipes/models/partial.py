@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from language_pipes.models.architectures import Family, family_for
+from language_pipes.models.architectures import Family, family_for, text_model_renames
 from language_pipes.models.attention import ATTENTION_NAME
 from language_pipes.models.weights import WeightReader
 
@@ -38,10 +38,14 @@ class ModelSource:
     @classmethod
     def open(cls, folder: Path) -> ModelSource:
         config = AutoConfig.from_pretrained(folder)
+        renames = text_model_renames(config)
+        if renames is not None:  # a multimodal checkpoint: serve its text model, leave the rest on disk
+            config = config.get_text_config()
+        family = family_for(config)
         config._attn_implementation = ATTENTION_NAME
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(config)
-        return cls(folder, config, family_for(config), WeightReader(folder), skeleton)
+        return cls(folder, config, family, WeightReader(folder, renames), skeleton)
 
     @property
     def num_layers(self) -> int:
