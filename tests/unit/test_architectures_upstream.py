@@ -185,3 +185,12 @@ def test_kv_bytes_per_token_follow_each_layers_own_key_width(tiny_folders: dict[
     assert gemma4.kv_bytes_per_token(torch.float32) == 2 * max(widths) * 4
     qwen = ModelSource.open(tiny_folders["qwen3_5_text"])
     assert qwen.kv_bytes_per_token(torch.bfloat16) == 2 * qwen.config.num_key_value_heads * 16 * 2
+
+
+def test_layer_nbytes_budget_the_largest_layer(tiny_folders: dict[TinyFamily, Path]) -> None:
+    """Qwen3.5's layer 0 is linear attention, Gemma 4's a sliding one: neither is the largest layer."""
+    for family in ("qwen3_5_text", "gemma4_text"):
+        source = ModelSource.open(tiny_folders[family])
+        sizes = [source.reader.stored_nbytes(f"model.layers.{i}.", torch.float32) for i in range(4)]
+        assert len(set(sizes)) > 1 and sizes[0] < max(sizes)
+        assert source.layer_nbytes(torch.float32) == max(sizes)

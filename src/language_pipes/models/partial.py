@@ -52,8 +52,12 @@ class ModelSource:
         return int(self.config.num_hidden_layers)
 
     def layer_nbytes(self, dtype: torch.dtype) -> int:
-        """Size of one decoder layer's weights at ``dtype`` (layers are the same size)."""
-        return self.reader.stored_nbytes("model.layers.0.", dtype)
+        """Size of the largest decoder layer's weights at ``dtype`` (placement budgets every layer so).
+
+        Layers differ in hybrid models: Qwen3.5's linear-attention layers and Gemma 4's
+        full-attention ones are not the size of layer 0.
+        """
+        return max(self.reader.stored_nbytes(f"model.layers.{i}.", dtype) for i in range(self.num_layers))
 
     def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
         """KV cache bytes one token costs in one layer (the largest layer's, where they differ).
