@@ -12,7 +12,7 @@ complete its pipe, all in this process, and runs packed steps through them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,11 +21,18 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
+    DynamicCache,
     Gemma3TextConfig,
+    Gemma4TextConfig,
     LlamaConfig,
+    Ministral3Config,
+    MinistralConfig,
+    MistralConfig,
     Phi3Config,
     PretrainedConfig,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
+    Qwen3_5TextConfig,
     Qwen3Config,
     Qwen3MoeConfig,
 )
@@ -35,8 +42,27 @@ from language_pipes.models.end_model import EndModel
 from language_pipes.models.partial import ModelSource
 from language_pipes.models.segment import LayerSegment, SegmentBatch
 
-TinyFamily = Literal["llama", "qwen3", "qwen3_moe", "gemma3", "phi3"]
+TinyFamily = Literal[
+    "llama",
+    "qwen3",
+    "qwen3_moe",
+    "gemma3",
+    "phi3",
+    "ministral3",
+    "ministral",
+    "mistral",
+    "gemma4_text",
+    "qwen3_5_text",
+]
 TINY_FAMILIES: tuple[TinyFamily, ...] = ("llama", "qwen3", "qwen3_moe", "gemma3", "phi3")
+# The families added for the upstream release's architectures (tests/unit/test_architectures_upstream.py).
+UPSTREAM_TINY_FAMILIES: tuple[TinyFamily, ...] = (
+    "ministral3",
+    "ministral",
+    "mistral",
+    "gemma4_text",
+    "qwen3_5_text",
+)
 
 VOCAB_SIZE = 160
 # Gemma 3's sliding layers look back this many tokens; the tests run longer sequences than this.
@@ -99,12 +125,89 @@ def _phi3() -> PretrainedConfig:
     return Phi3Config(**{**_COMMON, "pad_token_id": 0})
 
 
+# Ministral 3's query scaling grows past this many positions (llama_4_scaling_beta): the tests go past it.
+MINISTRAL3_ORIGINAL_CONTEXT = 8
+
+
+def _ministral3() -> PretrainedConfig:
+    """Ministral 3 as released (YaRN rotary, position-scaled queries, no sliding window), shrunk."""
+    return Ministral3Config(
+        **_COMMON,
+        head_dim=16,
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 1_000_000.0,
+            "factor": 16.0,
+            "original_max_position_embeddings": MINISTRAL3_ORIGINAL_CONTEXT,
+            "max_position_embeddings": 512,
+            "beta_fast": 32.0,
+            "beta_slow": 1.0,
+            "mscale_all_dim": 1.0,
+            "mscale": 1.0,
+            "llama_4_scaling_beta": 0.1,
+        },
+    )
+
+
+def _ministral() -> PretrainedConfig:
+    """Ministral (8B 2410): sliding and full attention layers interleaved."""
+    layer_types = ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention"]
+    return MinistralConfig(
+        **_COMMON, head_dim=16, sliding_window=GEMMA_SLIDING_WINDOW, layer_types=layer_types
+    )
+
+
+def _mistral() -> PretrainedConfig:
+    """Mistral: one sliding window in every layer."""
+    return MistralConfig(**_COMMON, head_dim=16, sliding_window=GEMMA_SLIDING_WINDOW)
+
+
+def _gemma4_text() -> PretrainedConfig:
+    """Gemma 4 text without per-layer embeddings or KV sharing (refused, see models/architectures.py).
+
+    Full-attention layers have their own head size and key/value heads, share keys as values
+    (``attention_k_eq_v``) and rotate only part of each head (``proportional`` rotary).
+    """
+    return Gemma4TextConfig(
+        # Untied head: with the tied one, this tiny model's residual stream only echoes the last token.
+        **_COMMON,
+        head_dim=16,
+        global_head_dim=32,
+        num_global_key_value_heads=1,
+        attention_k_eq_v=True,
+        sliding_window=GEMMA_SLIDING_WINDOW,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        hidden_size_per_layer_input=0,
+        num_kv_shared_layers=0,
+        final_logit_softcapping=5.0,
+    )
+
+
+def _qwen3_5_text() -> PretrainedConfig:
+    """Qwen3.5: linear attention (gated delta net) in layers 0, 1 and 3, full attention in layer 2."""
+    return Qwen3_5TextConfig(
+        **_COMMON,
+        head_dim=16,
+        layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"],
+        linear_conv_kernel_dim=4,
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+    )
+
+
 _CONFIGS: dict[TinyFamily, Callable[[], PretrainedConfig]] = {
     "llama": _llama,
     "qwen3": _qwen3,
     "qwen3_moe": _qwen3_moe,
     "gemma3": _gemma3,
     "phi3": _phi3,
+    "ministral3": _ministral3,
+    "ministral": _ministral,
+    "mistral": _mistral,
+    "gemma4_text": _gemma4_text,
+    "qwen3_5_text": _qwen3_5_text,
 }
 
 
@@ -226,3 +329,22 @@ def open_split(
         for start, stop in zip(boundaries, boundaries[1:], strict=False)
     ]
     return SplitModel(end, segments)
+
+
+def reference_model(folder: Path) -> PreTrainedModel:
+    """The folder's model in one process with transformers, float32, never stopping at EOS."""
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model.generation_config.eos_token_id = None  # compare a fixed number of tokens, EOS or not
+    model.generation_config.pad_token_id = 0
+    return model.eval()
+
+
+def reference_steps(model: PreTrainedModel, prompt: list[int], steps: int) -> Iterator[torch.Tensor]:
+    """transformers with its own cache: the prefill logits, then one row per greedy decode step."""
+    cache = DynamicCache(config=model.config)
+    feed = torch.tensor([prompt])
+    with torch.inference_mode():
+        for _ in range(steps + 1):
+            logits = model(feed, cache=cache, use_cache=True).logits[0].float()
+            yield logits
+            feed = logits[-1:].argmax(-1, keepdim=True)

@@ -9,37 +9,31 @@ with its cache, and with ``generate``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 
 from language_pipes.models.architectures import FusedExpertsFamily, PerLayerTypeRotaryFamily, family_for
 from language_pipes.models.partial import ModelSource
+from support.split_checks import (
+    PREFILL_CHUNK,
+    PROMPT,
+    SPLITS,
+    check_chunked_prefill_in_a_packed_batch,
+    check_greedy_matches_generate,
+    check_logits_at_every_step,
+)
 from support.tiny_models import (
     GEMMA_SLIDING_WINDOW,
     TINY_FAMILIES,
     TinyFamily,
     build_tiny_model,
-    open_split,
+    reference_model,
 )
 
 # Rerun under a second CPU kernel family by scripts/test.sh (see README, Tests).
 pytestmark = pytest.mark.numerics
-
-DECODE_STEPS = 10
-PROMPT = [1, 17, 42, 99, 5, 63, 128, 7, 77, 31, 150, 12, 88, 3]  # longer than Gemma's sliding window
-OTHER_PROMPT = [1, 9, 140, 33, 61, 4, 120, 45, 18]
-ATOL = 2e-4  # float32 on both sides: only summation order differs
-
-# Split points as the segment boundaries after the end model's local layers (4 layers in total).
-SPLITS: dict[str, tuple[int, ...]] = {
-    "local1+1+2": (1, 2, 4),
-    "local0+2+2": (0, 2, 4),
-    "local1+3": (1, 4),
-}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,54 +47,17 @@ def tiny_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[TinyFamily, P
     return {family: build_tiny_model(family, root / family) for family in TINY_FAMILIES}
 
 
-def reference_model(folder: Path) -> PreTrainedModel:
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    model.generation_config.eos_token_id = None  # compare a fixed number of tokens, EOS or not
-    model.generation_config.pad_token_id = 0
-    return model.eval()
-
-
-def reference_steps(model: PreTrainedModel, prompt: list[int], steps: int) -> Iterator[torch.Tensor]:
-    """transformers with its own cache: the prefill logits, then one row per greedy decode step."""
-    cache = DynamicCache(config=model.config)
-    feed = torch.tensor([prompt])
-    with torch.inference_mode():
-        for _ in range(steps + 1):
-            logits = model(feed, cache=cache, use_cache=True).logits[0].float()
-            yield logits
-            feed = logits[-1:].argmax(-1, keepdim=True)
-
-
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 @pytest.mark.parametrize("split", list(SPLITS))
 def test_split_logits_match_transformers_at_every_step(
     family: TinyFamily, split: str, tiny_folders: dict[TinyFamily, Path]
 ) -> None:
-    folder = tiny_folders[family]
-    ours = open_split(folder, SPLITS[split], torch.float32)
-    reference = reference_model(folder)
-    position, feed = 0, list(PROMPT)
-    for step, expected in enumerate(reference_steps(reference, PROMPT, DECODE_STEPS)):
-        got = ours.step(["s"], [position], [feed])
-        assert got.shape == expected.shape
-        torch.testing.assert_close(got, expected, atol=ATOL, rtol=1e-4, msg=f"{family} step {step}")
-        position += len(feed)
-        feed = [int(expected[-1].argmax())]
-    assert position == len(PROMPT) + DECODE_STEPS
+    check_logits_at_every_step(tiny_folders[family], SPLITS[split], family)
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_split_greedy_tokens_match_generate(family: TinyFamily, tiny_folders: dict[TinyFamily, Path]) -> None:
-    folder = tiny_folders[family]
-    ours = open_split(folder, (1, 2, 4), torch.float32)
-    reference = reference_model(folder)
-    with torch.inference_mode():
-        generated = reference.generate(torch.tensor([PROMPT]), do_sample=False, max_new_tokens=DECODE_STEPS)
-    expected = generated[0, len(PROMPT) :].tolist()
-
-    tokens = ours.greedy("g", PROMPT, DECODE_STEPS)
-    assert tokens == expected
-    assert len(set(tokens)) > 1, "a constant output would not show that the models agree"
+    check_greedy_matches_generate(tiny_folders[family])
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
@@ -108,28 +65,8 @@ def test_chunked_prefill_and_packed_batch_match_one_sequence_alone(
     family: TinyFamily, tiny_folders: dict[TinyFamily, Path]
 ) -> None:
     """Prefill in chunks of 5 (crossing Gemma's window) while another sequence shares each step."""
-    folder = tiny_folders[family]
-    alone = open_split(folder, (1, 3, 4), torch.float32)
-    expected = alone.step(["a"], [0], [PROMPT])
-    expected_other = alone.step(["b"], [0], [OTHER_PROMPT])
-
-    packed = open_split(folder, (1, 3, 4), torch.float32)
-    rows: list[torch.Tensor] = []
-    other_rows: list[torch.Tensor] = []
-    other_fed = 0
-    for start in range(0, len(PROMPT), 5):
-        chunk = PROMPT[start : start + 5]
-        other_chunk = OTHER_PROMPT[other_fed : other_fed + 3]
-        if other_chunk:
-            logits = packed.step(["a", "b"], [start, other_fed], [chunk, other_chunk])
-            rows.append(logits[: len(chunk)])
-            other_rows.append(logits[len(chunk) :])
-            other_fed += len(other_chunk)
-        else:
-            rows.append(packed.step(["a"], [start], [chunk]))
-    torch.testing.assert_close(torch.cat(rows), expected, atol=ATOL, rtol=1e-4)
-    torch.testing.assert_close(torch.cat(other_rows), expected_other, atol=ATOL, rtol=1e-4)
-    assert len(PROMPT) > GEMMA_SLIDING_WINDOW + 5
+    check_chunked_prefill_in_a_packed_batch(tiny_folders[family])
+    assert len(PROMPT) > GEMMA_SLIDING_WINDOW + PREFILL_CHUNK
 
 
 def test_each_family_has_its_adapter(tiny_folders: dict[TinyFamily, Path]) -> None:

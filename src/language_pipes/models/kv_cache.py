@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from language_pipes.models.recurrent import RecurrentState
+
 
 class CacheFullError(ValueError):
     """A sequence outgrew the length its cache was reserved for."""
@@ -23,6 +25,13 @@ class LayerCache:
         self._values: torch.Tensor | None = None
         self.length = 0
         self.max_length = max_length
+        # Linear-attention layers keep a recurrent state instead of keys and values (models/recurrent.py).
+        self._recurrent: RecurrentState | None = None
+
+    def recurrent_state(self) -> RecurrentState:
+        if self._recurrent is None:
+            self._recurrent = RecurrentState()
+        return self._recurrent
 
     def append(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         new = keys.shape[2]
@@ -50,12 +59,15 @@ class LayerCache:
         self._keys, self._values = grown_keys, grown_values
 
     def truncate(self, length: int) -> None:
+        if self._recurrent is not None:
+            self._recurrent.truncate(length, self.length)
         self.length = min(self.length, length)
 
     def nbytes(self) -> int:
+        recurrent = self._recurrent.nbytes() if self._recurrent is not None else 0
         if self._keys is None or self._values is None:
-            return 0
-        return self._keys.nbytes + self._values.nbytes
+            return recurrent
+        return self._keys.nbytes + self._values.nbytes + recurrent
 
 
 class SequenceCache:

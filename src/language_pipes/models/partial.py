@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from language_pipes.models.architectures import Family, family_for
+from language_pipes.models.architectures import Family, family_for, text_model_renames
 from language_pipes.models.attention import ATTENTION_NAME
 from language_pipes.models.weights import WeightReader
 
@@ -38,27 +38,49 @@ class ModelSource:
     @classmethod
     def open(cls, folder: Path) -> ModelSource:
         config = AutoConfig.from_pretrained(folder)
+        renames = text_model_renames(config)
+        if renames is not None:  # a multimodal checkpoint: serve its text model, leave the rest on disk
+            config = config.get_text_config()
+        family = family_for(config)
         config._attn_implementation = ATTENTION_NAME
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(config)
-        return cls(folder, config, family_for(config), WeightReader(folder), skeleton)
+        return cls(folder, config, family, WeightReader(folder, renames), skeleton)
 
     @property
     def num_layers(self) -> int:
         return int(self.config.num_hidden_layers)
 
     def layer_nbytes(self, dtype: torch.dtype) -> int:
-        """Size of one decoder layer's weights at ``dtype`` (layers are the same size)."""
-        return self.reader.stored_nbytes("model.layers.0.", dtype)
+        """Size of the largest decoder layer's weights at ``dtype`` (placement budgets every layer so).
+
+        Layers differ in hybrid models: Qwen3.5's linear-attention layers and Gemma 4's
+        full-attention ones are not the size of layer 0.
+        """
+        return max(self.reader.stored_nbytes(f"model.layers.{i}.", dtype) for i in range(self.num_layers))
 
     def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
-        """KV cache bytes one token costs in one layer."""
+        """KV cache bytes one token costs in one layer (the largest layer's, where they differ).
+
+        Read off the skeleton's key projections where it has them: Gemma 4 sizes heads
+        per layer type (its config refuses a global ``head_dim``), and Qwen3.5's
+        linear-attention layers keep no keys at all. Fused projections (Phi-3's
+        ``qkv_proj``) leave the config's head counts.
+        """
+        element = torch.empty((), dtype=dtype).element_size()
+        widths = [
+            int(attention.k_proj.out_features)
+            for layer in self.skeleton.get_submodule("model.layers")
+            if (attention := getattr(layer, "self_attn", None)) is not None and hasattr(attention, "k_proj")
+        ]
+        if widths:
+            return 2 * max(widths) * element
         head_dim = (
             getattr(self.config, "head_dim", None)
             or self.config.hidden_size // self.config.num_attention_heads
         )
         kv_heads = getattr(self.config, "num_key_value_heads", None) or self.config.num_attention_heads
-        return 2 * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+        return 2 * kv_heads * head_dim * element
 
     def load_module(self, path: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
         """Materialise the skeleton's submodule at ``path`` (e.g. ``model.layers.3``) with its weights."""
@@ -69,6 +91,7 @@ class ModelSource:
         module = module.to(dtype=dtype).to_empty(device=device)
         module.load_state_dict(local, strict=True, assign=True)
         self.family.fill_computed_buffers(module)
+        self.family.prepare_module(path, module)
         return module.eval()
 
     def load_head(self, dtype: torch.dtype, device: torch.device) -> nn.Module:

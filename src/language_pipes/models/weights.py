@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -26,7 +26,8 @@ _DTYPE_BYTES = {
 class WeightReader:
     """Knows which shard holds each tensor of a checkpoint and reads tensors by name prefix."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, renames: Mapping[str, str] | None = None) -> None:
+        """``renames`` maps stored name prefixes to module ones (a multimodal checkpoint's text model)."""
         self.folder = folder
         index_file = folder / "model.safetensors.index.json"
         if index_file.exists():
@@ -40,6 +41,10 @@ class WeightReader:
             for shard in shards:
                 with safe_open(shard, framework="pt") as handle:
                     self.shard_of.update({name: shard.name for name in handle.keys()})  # noqa: SIM118
+        # Module name -> name in the checkpoint, for the renamed tensors only.
+        self._stored_name = {_renamed(name, renames): name for name in self.shard_of} if renames else {}
+        if self._stored_name:
+            self.shard_of = {name: self.shard_of[stored] for name, stored in self._stored_name.items()}
 
     def names_with_prefix(self, prefix: str) -> list[str]:
         return [name for name in self.shard_of if name.startswith(prefix)]
@@ -56,7 +61,7 @@ class WeightReader:
         for shard, shard_names in by_shard.items():
             with safe_open(self.folder / shard, framework="pt", device="cpu") as handle:
                 for name in shard_names:
-                    tensor = handle.get_tensor(name)
+                    tensor = handle.get_tensor(self._stored_name.get(name, name))
                     if tensor.is_floating_point():
                         tensor = tensor.to(dtype)
                     tensors[name] = tensor.to(device)
@@ -72,13 +77,20 @@ class WeightReader:
         for shard, names in by_shard.items():
             header = _read_header(self.folder / shard)
             for name in names:
-                entry = header[name]
+                entry = header[self._stored_name.get(name, name)]
                 count = 1
                 for size in entry["shape"]:
                     count *= size
                 is_float = entry["dtype"] in ("F64", "F32", "F16", "BF16")
                 total += count * (element if is_float else _DTYPE_BYTES.get(entry["dtype"], 4))
         return total
+
+
+def _renamed(name: str, renames: Mapping[str, str]) -> str:
+    for stored, module in renames.items():
+        if name.startswith(stored):
+            return module + name[len(stored) :]
+    return name
 
 
 def _read_header(path: Path) -> dict[str, dict[str, object]]:
