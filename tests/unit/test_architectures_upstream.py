@@ -194,3 +194,24 @@ def test_layer_nbytes_budget_the_largest_layer(tiny_folders: dict[TinyFamily, Pa
         sizes = [source.reader.stored_nbytes(f"model.layers.{i}.", torch.float32) for i in range(4)]
         assert len(set(sizes)) > 1 and sizes[0] < max(sizes)
         assert source.layer_nbytes(torch.float32) == max(sizes)
+
+
+@pytest.mark.parametrize("family", ["mistral", "ministral"])
+def test_bf16_decode_past_the_sliding_window_equals_transformers_bit_for_bit(
+    tiny_folders: dict[TinyFamily, Path], family: TinyFamily
+) -> None:
+    """Past its window a decode row attends over exactly the last ``window`` keys, as transformers'
+    sliding cache does; over the whole history under a mask, bf16 rounded otherwise and greedy
+    text parted from transformers' after a dozen tokens."""
+    from transformers import AutoModelForCausalLM
+
+    folder = tiny_folders[family]
+    ours = open_split(folder, (1, 4), torch.bfloat16)
+    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    position, feed = 0, list(PROMPT)
+    for step, expected in enumerate(reference_steps(reference, PROMPT, 20)):
+        got = ours.step(["window"], [position], [feed])
+        assert torch.equal(got, expected), f"{family} step {step}"
+        position += len(feed)
+        feed = [int(expected[-1].argmax())]
+    assert position > GEMMA_SLIDING_WINDOW + 20

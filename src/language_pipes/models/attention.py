@@ -82,6 +82,11 @@ def packed_attention(
                 module, query[:, :, start:end], keys, values, past, window, scaling, softcap
             )
             continue
+        if window is not None and length == 1 and keys.shape[2] > window:
+            # A lone decode row sees only the last `window` keys: attend over exactly those, as
+            # transformers' sliding cache does, instead of the whole history under a mask
+            # (another key count rounds differently in bf16).
+            keys, values, past = keys[:, :, -window:], values[:, :, -window:], window - 1
         mask = _mask(length, past, window, query.device)
         if softcap is not None:
             output = _softcapped_attention(
