@@ -120,7 +120,8 @@ def _data_type_from_bits(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         if value not in DATA_TYPE_BITS:
             raise PydanticCustomError(
-                "data_type_bits", "must be 16, 8 or 4, or one of 'bfloat16', 'float16', 'float32', 'int8', 'int4'"
+                "data_type_bits",
+                "must be 16, 8 or 4, or one of 'bfloat16', 'float16', 'float32', 'int8', 'int4'",
             )
         return DATA_TYPE_BITS[value]
     return value

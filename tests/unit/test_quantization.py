@@ -133,7 +133,7 @@ def test_fused_groups_quantize_each_member_as_if_alone() -> None:
             self.q_proj, self.k_proj, self.v_proj = (nn.Linear(64, n, bias=False) for n in (64, 32, 32))
 
     attention = Attention().to(torch.bfloat16)
-    alone = {name: QuantizedLinear.from_weight(getattr(attention, name).weight, None, 8) for name in ("k_proj",)}
+    alone = {"k_proj": QuantizedLinear.from_weight(attention.k_proj.weight, None, 8)}
     assert quantize_linears(attention, 8, torch.bfloat16, "attn") == 3
     inputs = torch.randn(3, 64, dtype=torch.bfloat16)
     outputs = [attention.q_proj(inputs), attention.k_proj(inputs), attention.v_proj(inputs)]

@@ -109,7 +109,8 @@ def fuse_quantized_groups(
             biases = [linear.bias for linear in linears]  # type: ignore[union-attr]
             bias = _stack(biases) if all(b is not None for b in biases) else None  # type: ignore[arg-type]
             label = f"{module_name + '.' if module_name else ''}{'+'.join(names)}"
-            group = _Group(None, None, [linear.out_features for linear in linears], quantize(weight, bias, label))  # type: ignore[union-attr]
+            sizes = [linear.out_features for linear in linears]  # type: ignore[union-attr]
+            group = _Group(None, None, sizes, quantize(weight, bias, label))
             del weight, bias
             for index, (name, linear) in enumerate(zip(names, linears, strict=True)):
                 setattr(module, name, FusedProjection(group, index, linear))  # type: ignore[arg-type]

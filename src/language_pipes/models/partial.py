@@ -53,7 +53,9 @@ class ModelSource:
         their linears, so a quantized view gets a skeleton of its own.
         """
         if weights is None or not weights.quantized:
-            return self if self.weights is None else dataclasses.replace(self, weights=None, skeleton=_meta_skeleton(self.config))
+            if self.weights is None:
+                return self
+            return dataclasses.replace(self, weights=None, skeleton=_meta_skeleton(self.config))
         return dataclasses.replace(self, weights=weights, skeleton=_meta_skeleton(self.config))
 
     @property
@@ -107,7 +109,8 @@ class ModelSource:
             head = self.load_module("lm_head", dtype, device)
         else:
             head = self.skeleton.get_submodule("lm_head").to(dtype=dtype).to_empty(device=device)
-            weight = self.reader.read(["model.embed_tokens.weight"], dtype, device)["model.embed_tokens.weight"]
+            tied = "model.embed_tokens.weight"
+            weight = self.reader.read([tied], dtype, device)[tied]
             head.load_state_dict({"weight": weight}, strict=False, assign=True)
         if self.weights is not None and self.weights.bits is not None:
             assert isinstance(head, nn.Linear), "lm_head must be a linear layer"

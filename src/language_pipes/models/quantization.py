@@ -237,9 +237,10 @@ def quantize_linears(module: nn.Module, bits: int, activation_dtype: torch.dtype
     """
     from language_pipes.models.fusion import fuse_quantized_groups
 
-    replaced = fuse_quantized_groups(
-        module, lambda w, b, label: QuantizedLinear.from_weight(w, b, bits, activation_dtype, f"{name}.{label}")
-    )
+    def pack(weight: torch.Tensor, bias: torch.Tensor | None, label: str) -> nn.Module:
+        return QuantizedLinear.from_weight(weight, bias, bits, activation_dtype, f"{name}.{label}")
+
+    replaced = fuse_quantized_groups(module, pack)
     for parent_name, parent in list(module.named_modules()):
         for child_name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
