@@ -116,6 +116,17 @@ def test_int4_matches_its_dequantized_weight(shape: tuple[int, int], rows: int) 
     assert _relative_error(reference_weight, weight) < 0.15
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_kernels_compute_each_row_independently_of_the_others(bits: int) -> None:
+    """What batch-invariant mode relies on: a row's output does not depend on its step's other rows."""
+    torch.manual_seed(1)
+    linear = QuantizedLinear.from_weight(torch.randn(960, 576, dtype=torch.bfloat16) * 0.05, None, bits)
+    inputs = torch.randn(40, 576, dtype=torch.bfloat16)
+    together = linear(inputs)
+    for start, count in ((0, 1), (7, 1), (11, 5), (39, 1)):
+        assert torch.equal(linear(inputs[start : start + count]), together[start : start + count])
+
+
 def test_a_weight_int4_cannot_pack_says_which() -> None:
     with pytest.raises(QuantizationError, match=r"layer\.odd.*\[64, 40\]"):
         QuantizedLinear.from_weight(torch.randn(64, 40), None, 4, name="layer.odd")

@@ -15,9 +15,11 @@ Measured on an AVX2-only CPU (emulated bf16 matmul, benchmarks/quantization.py):
 both kernels beat bf16 ``F.linear`` for every decoder shape of the default
 model at 1, 16 and 256 rows, so they always run there. Where bf16 has native
 matrix units (AVX-512 / AMX on CPU, any CUDA GPU) large prefill chunks are
-faster as a dense product: at :data:`DENSE_FROM_ROWS` rows or more, int8
-weights are dequantized for that call instead (int4's packed layout is
-kernel-private, so int4 always uses its kernel).
+faster as a dense product: from :data:`DENSE_FROM_ROWS_CPU` /
+:data:`DENSE_FROM_ROWS_CUDA` rows, int8 weights are dequantized for that call
+instead (int4's packed layout is kernel-private, so int4 always uses its
+kernel). Both kernels compute each row independently of the others (tested),
+so batch-invariant mode stays exact with quantized layers.
 
 A linear that cannot be packed (a width the group does not divide, a row
 count tinygemm cannot tile) raises :class:`QuantizationError` naming it:
@@ -39,9 +41,11 @@ FLOAT_DTYPES: dict[str, torch.dtype] = {
 }
 INT4_GROUP_SIZES = (64, 32)
 INT4_ROWS_MULTIPLE = 16  # tinygemm tiles output rows by 16
-# Rows at which a dense product of dequantized int8 weights wins, by CPU capability
-# (None: never). AVX2 measured (the kernel always wins); AVX-512's figure is an estimate.
-DENSE_FROM_ROWS_CPU = {"AVX512": 128, "AVX512_BF16": 128, "AMX": 64}
+# Rows from which a dense product of dequantized int8 weights is used instead of the kernel,
+# by CPU capability. None for all so far: on AVX2 (measured, benchmarks/quantization.py) the
+# kernels win at every shape and row count; AVX-512 / AMX are unmeasured, so they keep the
+# kernels too (which also keeps batch-invariant mode exact: the kernels are row-invariant).
+DENSE_FROM_ROWS_CPU: dict[str, int] = {}
 DENSE_FROM_ROWS_CUDA = 64
 
 
