@@ -1,8 +1,8 @@
 """int8 / int4 weight-only layers: packing round trips, config forms, and quantized split pipes.
 
-The default model's figures (measured when written, teacher-forced next tokens over
-the fixed prompt below): int8 segments agree with bf16 on all but at most one position, int4 on
-about 90 %; the tests assert looser floors so kernel rounding changes do not flake them.
+Agreement with bf16 is the share of teacher-forced next tokens over the fixed prompt below
+that equal bf16's; the tests assert floors (70-80 %), not bit identity. Over the benchmark's
+2,048-token text (benchmarks/quantization.py) the whole model agrees ~94 % at int8, ~70 % at int4.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def test_mixed_pipe_bf16_end_model_and_int4_segment(
     assert _agreement(_next_tokens(mixed, prompt, "m"), reference_tokens) >= 0.7
 
 
-def test_int8_end_model_quantizes_head_and_local_layers_not_embedding(
+def test_quantized_end_model_quantizes_head_and_local_layers_not_embedding(
     reference: SplitModel, reference_tokens: list[int], default_model_dir: Path
 ) -> None:
     end = EndModel(

@@ -102,6 +102,10 @@ class ModelSource:
         if count == 0:
             raise ValueError(f"{path}: data_type {self.weights.name} found no linear layer to quantize")
         log.debug("%s: %d linears quantized to %s", path, count, self.weights.name)
+        # What stays (norms, biases) is still a view of the memory-mapped checkpoint, which would
+        # keep every page read from it resident: copy it out so the mapping can close.
+        owned = {name: tensor.clone() for name, tensor in module.state_dict(keep_vars=True).items()}
+        module.load_state_dict(owned, strict=True, assign=True)
 
     def load_head(self, dtype: torch.dtype, device: torch.device) -> nn.Module:
         """The output projection, sharing the embedding's weights when the checkpoint ties them."""
@@ -115,7 +119,7 @@ class ModelSource:
         if self.weights is not None and self.weights.bits is not None:
             assert isinstance(head, nn.Linear), "lm_head must be a linear layer"
             head = QuantizedLinear.from_weight(
-                head.weight, head.bias, self.weights.bits, self.weights.activation_dtype, "lm_head"
+                head.weight, head.bias, self.weights.head_bits, self.weights.activation_dtype, "lm_head"
             )
         return head.eval()
 
