@@ -12,7 +12,8 @@ states cross the wire in bfloat16 whatever a node's weights are.
   (``_weight_int4pack_mm_for_cpu`` on CPU, ``_weight_int4pack_mm`` on CUDA).
 
 Measured on an AVX2-only CPU (emulated bf16 matmul, benchmarks/quantization.py):
-both kernels beat bf16 ``F.linear`` for every decoder shape of the default
+both kernels beat (or, at 1 row for o_proj and the head, match) bf16 ``F.linear``
+for every decoder shape of the default
 model at 1, 16 and 256 rows, so they always run there. Where bf16 has native
 matrix units (AVX-512 / AMX on CPU, any CUDA GPU) large prefill chunks are
 faster as a dense product: from :data:`DENSE_FROM_ROWS_CPU` /
