@@ -12,15 +12,14 @@ states cross the wire in bfloat16 whatever a node's weights are.
   (``_weight_int4pack_mm_for_cpu`` on CPU, ``_weight_int4pack_mm`` on CUDA).
 
 Measured on an AVX2-only CPU (emulated bf16 matmul, benchmarks/quantization.py):
-both kernels beat (or, at 1 row for o_proj and the head, match) bf16 ``F.linear``
-for every decoder shape of the default
-model at 1, 16 and 256 rows, so they always run there. Where bf16 has native
-matrix units (AVX-512 / AMX on CPU, any CUDA GPU) large prefill chunks are
-faster as a dense product: from :data:`DENSE_FROM_ROWS_CPU` /
-:data:`DENSE_FROM_ROWS_CUDA` rows, int8 weights are dequantized for that call
-instead (int4's packed layout is kernel-private, so int4 always uses its
-kernel). Both kernels compute each row independently of the others (tested),
-so batch-invariant mode stays exact with quantized layers.
+both kernels beat bf16 ``F.linear`` for every decoder shape of the default model
+at 16 and 256 rows (about 4x), and beat or match it at 1 row, so they always run
+there. Where bf16 has native matrix units (AVX-512 / AMX, CUDA) a dense product
+may win for large prefill chunks: from :data:`DENSE_FROM_ROWS_CPU` /
+:data:`DENSE_FROM_ROWS_CUDA` rows int8 weights are dequantized for that call
+instead (CPU: not enabled anywhere until measured). int4's packed layout is
+kernel-private, so int4 always uses its kernel. Both kernels compute each row
+independently of the others (tested), so batch-invariant mode stays exact.
 
 A linear that cannot be packed (a width the group does not divide, a row
 count tinygemm cannot tile) raises :class:`QuantizationError` naming it:
