@@ -37,7 +37,10 @@ from language_pipes.paths import configs_dir
 from language_pipes.private_files import write_private_text
 
 LogLevel = Literal["debug", "info", "warning", "error"]
-DataType = Literal["bfloat16", "float16", "float32"]
+# Weights of a model part: float dtypes as stored, or int8 / int4 weight-only quantized
+# (activations stay bfloat16). The upstream's integers 16 / 8 / 4 mean bfloat16 / int8 / int4.
+DataTypeName = Literal["bfloat16", "float16", "float32", "int8", "int4"]
+DATA_TYPE_BITS = {16: "bfloat16", 8: "int8", 4: "int4"}
 
 TORCH_THREADS_VARIABLE = "LP_TORCH_THREADS"
 SECRET_KEYS = frozenset({"network_key", "api_keys"})
@@ -113,6 +116,18 @@ def _check_network_key(value: str) -> str:
     return value.lower()
 
 
+def _data_type_from_bits(value: Any) -> Any:
+    """``data_type = 8`` is short for ``"int8"`` (16: bfloat16, 4: int4), as in the upstream's configs."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value not in DATA_TYPE_BITS:
+            raise PydanticCustomError(
+                "data_type_bits",
+                "must be 16, 8 or 4, or one of 'bfloat16', 'float16', 'float32', 'int8', 'int4'",
+            )
+        return DATA_TYPE_BITS[value]
+    return value
+
+
 def _end_model_from_id(value: Any) -> Any:
     """``"org/model"`` is short for ``{model_id = "org/model"}``."""
     if isinstance(value, str):
@@ -128,6 +143,7 @@ Host = Annotated[str, AfterValidator(_check_host)]
 Device = Annotated[str, AfterValidator(_check_device)]
 MemoryGigabytes = Annotated[float, AfterValidator(_check_memory)]
 NetworkKey = Annotated[str, AfterValidator(_check_network_key)]
+DataType = Annotated[DataTypeName, BeforeValidator(_data_type_from_bits)]
 
 
 class _StrictModel(BaseModel):
@@ -158,6 +174,8 @@ class EndModelConfig(_StrictModel):
     model_id: NonEmptyText
     num_local_layers: int = Field(default=1, ge=0)
     device: Device = "cpu"
+    # Unset: bfloat16 on cpu, float16 elsewhere. int8 / int4 quantize the local layers and the head.
+    data_type: DataType | None = None
 
 
 EndModelEntry = Annotated[EndModelConfig, BeforeValidator(_end_model_from_id)]
@@ -452,6 +470,7 @@ def config_report(config: NodeConfig, source: str | None = None) -> str:
         ("end_models", "none" if not config.end_models else ""),
         *[
             f"    {model.model_id}  device={model.device}  num_local_layers={model.num_local_layers}"
+            + (f"  data_type={model.data_type}" if model.data_type else "")
             for model in config.end_models
         ],
         ("layer_models", "none" if not config.layer_models else ""),

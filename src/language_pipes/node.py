@@ -24,7 +24,8 @@ from language_pipes.engine.generator import ModelGenerator
 from language_pipes.engine.scheduler import Scheduler
 from language_pipes.engine.types import ModelId, ModelUnavailableError, ModelUnknownError
 from language_pipes.models.end_model import EndModel
-from language_pipes.models.partial import DTYPES, ModelSource
+from language_pipes.models.partial import ModelSource
+from language_pipes.models.quantization import weight_format
 from language_pipes.models.segment import LayerSegment
 from language_pipes.models.store import ModelStore
 from language_pipes.network.identity import load_or_create_identity
@@ -182,22 +183,25 @@ class Node:
             entry.num_local_layers,
             entry.device,
         )
+        weights = weight_format(entry.data_type, entry.device)
         hosted.end_model = EndModel(
             entry.model_id,
             hosted.source.folder,
             num_local_layers=entry.num_local_layers,
-            dtype=torch.bfloat16 if entry.device == "cpu" else torch.float16,
+            dtype=weights.activation_dtype,
             device=entry.device,
             source=hosted.source,
             batch_invariant=self.config.batch_invariant,
+            weights=weights,
         )
 
     async def _load_layer_model(self, entry: LayerModelConfig) -> None:
         hosted = await asyncio.to_thread(self._source, entry.model_id)
-        dtype = DTYPES[entry.data_type]
+        weights = weight_format(entry.data_type, entry.device)
+        dtype, source = weights.activation_dtype, hosted.source.with_weights(weights)
         capacity = layers_that_fit(
             entry.memory * GIGABYTE,
-            hosted.source.layer_nbytes(dtype),
+            source.layer_nbytes(dtype),  # packed sizes for int8 / int4
             hosted.source.kv_bytes_per_token(dtype),
         )
         first = (
@@ -216,7 +220,7 @@ class Node:
         self._publish_record(claiming=HostedSegment(entry.model_id, span.start, span.end, loaded=False))
         segment = await asyncio.to_thread(
             LayerSegment,
-            hosted.source,
+            source,
             span.start,
             span.end,
             dtype,

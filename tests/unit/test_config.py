@@ -61,7 +61,7 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
     ),
     (
         "bad_data_type",
-        'node_id = "a"\n[[layer_models]]\nmodel_id = "m"\nmemory = 1\ndata_type = "int8"\n',
+        'node_id = "a"\n[[layer_models]]\nmodel_id = "m"\nmemory = 1\ndata_type = "int3"\n',
         "layer_models[0].data_type: must be one of",
     ),
     ("bad_log_level", 'node_id = "a"\nlog_level = "trace"\n', "log_level: must be one of"),

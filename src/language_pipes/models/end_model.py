@@ -13,6 +13,7 @@ from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBas
 
 from language_pipes.models.invariance import make_batch_invariant
 from language_pipes.models.partial import ModelSource
+from language_pipes.models.quantization import WeightFormat
 from language_pipes.models.segment import LayerSegment
 
 
@@ -29,7 +30,9 @@ class EndModel:
         device: torch.device | str = "cpu",
         source: ModelSource | None = None,
         batch_invariant: bool = False,
+        weights: WeightFormat | None = None,
     ) -> None:
+        """``weights``: an int8 / int4 format quantizes the local layers and the head (not the embedding)."""
         self.model_id = model_id
         self.device = torch.device(device)
         self.dtype = dtype
@@ -40,9 +43,11 @@ class EndModel:
         self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder)
         self.embedding = source.load_module("model.embed_tokens", dtype, self.device)
         self.norm = source.load_module("model.norm", dtype, self.device)
-        self.head = source.load_head(dtype, self.device)
+        self.weights = weights
+        quantized_source = source.with_weights(weights)
+        self.head = quantized_source.load_head(dtype, self.device)
         local = min(num_local_layers, self.num_layers)
-        self.local_layers = LayerSegment(source, 0, local, dtype, self.device, batch_invariant)
+        self.local_layers = LayerSegment(quantized_source, 0, local, dtype, self.device, batch_invariant)
         self.batch_invariant = batch_invariant
         if batch_invariant:
             make_batch_invariant(self.head)
@@ -51,7 +56,7 @@ class EndModel:
 
     @property
     def vocab_size(self) -> int:
-        return int(self.head.weight.shape[0])
+        return int(self.head.out_features)
 
     def embed(self, token_ids: list[int]) -> torch.Tensor:
         """``[1, len(token_ids), hidden]`` hidden states for a packed step."""

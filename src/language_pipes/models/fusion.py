@@ -21,6 +21,7 @@ page cache (~120 MB for the default model).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy
 import torch
@@ -34,14 +35,24 @@ GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 class _Group:
     """The stacked weight of some projections and, per thread, the outputs not yet handed out."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, sizes: list[int]) -> None:
-        self.weight, self.bias, self.sizes = weight, bias, sizes
+    def __init__(
+        self,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        sizes: list[int],
+        project: nn.Module | None = None,
+    ) -> None:
+        # ``project`` (a quantized linear over the stacked weight) replaces ``weight`` and ``bias``.
+        self.weight, self.bias, self.sizes, self.project = weight, bias, sizes, project
         self._pending = threading.local()  # lanes may run the same layers on two threads
 
     def output(self, index: int, inputs: torch.Tensor) -> torch.Tensor:
         pending: dict[int, torch.Tensor] | None = getattr(self._pending, "outputs", None)
         if pending is None or getattr(self._pending, "inputs", None) is not inputs or index not in pending:
-            stacked = functional.linear(inputs, self.weight, self.bias)
+            if self.project is not None:
+                stacked = self.project(inputs)
+            else:
+                stacked = functional.linear(inputs, self.weight, self.bias)
             parts = stacked.split(self.sizes, dim=-1)
             pending = {i: part.contiguous() for i, part in enumerate(parts)}
             self._pending.inputs, self._pending.outputs = inputs, pending
@@ -59,7 +70,10 @@ class FusedProjection(nn.Module):
         self.group, self.index = group, index
         self.in_features, self.out_features = linear.in_features, linear.out_features
         start = sum(group.sizes[:index])
-        self.weight = nn.Parameter(group.weight[start : start + linear.out_features], requires_grad=False)
+        if group.weight is not None:
+            self.weight = nn.Parameter(group.weight[start : start + linear.out_features], requires_grad=False)
+        else:  # quantized: the group's module holds the packed weight (registered on the first member)
+            self.project = group.project if index == 0 else None
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.group.output(self.index, inputs)
@@ -75,6 +89,33 @@ def fuse_projections(layer: nn.Module) -> int:
                 _fuse(module, names, linears)  # type: ignore[arg-type]
                 fused += 1
     return fused
+
+
+def fuse_quantized_groups(
+    layer: nn.Module,
+    quantize: Callable[[torch.Tensor, torch.Tensor | None, str], nn.Module],
+) -> int:
+    """Like :func:`fuse_projections`, but each group's stacked weight becomes ``quantize(w, b, name)``.
+
+    The float weights are dropped once packed. Returns how many linears were replaced.
+    """
+    replaced = 0
+    for module_name, module in list(layer.named_modules()):
+        for names in GROUPS:
+            linears = [getattr(module, name, None) for name in names]
+            if not _fusable(linears):
+                continue
+            weight = _stack([linear.weight for linear in linears])  # type: ignore[union-attr]
+            biases = [linear.bias for linear in linears]  # type: ignore[union-attr]
+            bias = _stack(biases) if all(b is not None for b in biases) else None  # type: ignore[arg-type]
+            label = f"{module_name + '.' if module_name else ''}{'+'.join(names)}"
+            sizes = [linear.out_features for linear in linears]  # type: ignore[union-attr]
+            group = _Group(None, None, sizes, quantize(weight, bias, label))
+            del weight, bias
+            for index, (name, linear) in enumerate(zip(names, linears, strict=True)):
+                setattr(module, name, FusedProjection(group, index, linear))  # type: ignore[arg-type]
+            replaced += len(names)
+    return replaced
 
 
 def _fusable(linears: list[object]) -> bool:

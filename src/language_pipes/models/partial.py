@@ -7,6 +7,8 @@ checkpoint tensors under its name.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +18,13 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from language_pipes.models.architectures import Family, family_for, text_model_renames
 from language_pipes.models.attention import ATTENTION_NAME
+from language_pipes.models.quantization import FLOAT_DTYPES, QuantizedLinear, WeightFormat, quantize_linears
 from language_pipes.models.weights import WeightReader
 
-DTYPES: dict[str, torch.dtype] = {
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "float32": torch.float32,
-}
+log = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype] = dict(FLOAT_DTYPES)
+LAYER_PREFIX = "model.layers."
 
 
 @dataclass
@@ -34,6 +36,9 @@ class ModelSource:
     family: Family
     reader: WeightReader
     skeleton: nn.Module
+    # Set (by :meth:`with_weights`) to an int8 / int4 format: decoder layers and the head are
+    # quantized as they load. Embeddings and norms always stay at the activation dtype.
+    weights: WeightFormat | None = None
 
     @classmethod
     def open(cls, folder: Path) -> ModelSource:
@@ -43,21 +48,42 @@ class ModelSource:
             config = config.get_text_config()
         family = family_for(config)
         config._attn_implementation = ATTENTION_NAME
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config)
-        return cls(folder, config, family, WeightReader(folder, renames), skeleton)
+        return cls(folder, config, family, WeightReader(folder, renames), _meta_skeleton(config))
+
+    def with_weights(self, weights: WeightFormat | None) -> ModelSource:
+        """The same opened model (shared reader) loading weights in ``weights``.
+
+        Loading materialises the skeleton's modules in place, and quantizing then replaces
+        their linears, so a quantized view gets a skeleton of its own.
+        """
+        if weights is None or not weights.quantized:
+            if self.weights is None:
+                return self
+            return dataclasses.replace(self, weights=None, skeleton=_meta_skeleton(self.config))
+        return dataclasses.replace(self, weights=weights, skeleton=_meta_skeleton(self.config))
 
     @property
     def num_layers(self) -> int:
         return int(self.config.num_hidden_layers)
 
     def layer_nbytes(self, dtype: torch.dtype) -> int:
-        """Size of the largest decoder layer's weights at ``dtype`` (placement budgets every layer so).
+        """Size of the largest decoder layer's weights at ``dtype``, packed when quantized.
 
-        Layers differ in hybrid models: Qwen3.5's linear-attention layers and Gemma 4's
-        full-attention ones are not the size of layer 0.
+        Placement budgets every layer so. Layers differ in hybrid models: Qwen3.5's
+        linear-attention layers and Gemma 4's full-attention ones are not the size of layer 0.
         """
-        return max(self.reader.stored_nbytes(f"model.layers.{i}.", dtype) for i in range(self.num_layers))
+        return max(self._one_layer_nbytes(index, dtype) for index in range(self.num_layers))
+
+    def _one_layer_nbytes(self, index: int, dtype: torch.dtype) -> int:
+        prefix = f"{LAYER_PREFIX}{index}."
+        total = self.reader.stored_nbytes(prefix, dtype)
+        if self.weights is None:
+            return total
+        element = torch.empty((), dtype=dtype).element_size()
+        for name, shape in self.reader.shapes_with_prefix(prefix).items():
+            if name.endswith("proj.weight") and len(shape) == 2:
+                total += self.weights.linear_nbytes(shape[0], shape[1]) - shape[0] * shape[1] * element
+        return total
 
     def kv_bytes_per_token(self, dtype: torch.dtype) -> int:
         """KV cache bytes one token costs in one layer (the largest layer's, where they differ).
@@ -85,6 +111,7 @@ class ModelSource:
     def load_module(self, path: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
         """Materialise the skeleton's submodule at ``path`` (e.g. ``model.layers.3``) with its weights."""
         module = self.skeleton.get_submodule(path)
+        quantize = self.weights is not None and path.startswith(LAYER_PREFIX)
         prefix = f"{path}."
         tensors = self.reader.read(self.reader.names_with_prefix(prefix), dtype, device)
         local = self.family.convert_checkpoint({name[len(prefix) :]: t for name, t in tensors.items()})
@@ -92,15 +119,35 @@ class ModelSource:
         module.load_state_dict(local, strict=True, assign=True)
         self.family.fill_computed_buffers(module)
         self.family.prepare_module(path, module)
+        if quantize:
+            self._quantize(module, path)
         return module.eval()
+
+    def _quantize(self, module: nn.Module, path: str) -> None:
+        assert self.weights is not None and self.weights.bits is not None
+        count = quantize_linears(module, self.weights.bits, self.weights.activation_dtype, path)
+        if count == 0:
+            raise ValueError(f"{path}: data_type {self.weights.name} found no linear layer to quantize")
+        log.debug("%s: %d linears quantized to %s", path, count, self.weights.name)
+        # What stays (norms, biases) is still a view of the memory-mapped checkpoint, which would
+        # keep every page read from it resident: copy it out so the mapping can close.
+        owned = {name: tensor.clone() for name, tensor in module.state_dict(keep_vars=True).items()}
+        module.load_state_dict(owned, strict=True, assign=True)
 
     def load_head(self, dtype: torch.dtype, device: torch.device) -> nn.Module:
         """The output projection, sharing the embedding's weights when the checkpoint ties them."""
         if self.reader.has("lm_head.weight"):
-            return self.load_module("lm_head", dtype, device)
-        head = self.skeleton.get_submodule("lm_head").to(dtype=dtype).to_empty(device=device)
-        weight = self.reader.read(["model.embed_tokens.weight"], dtype, device)["model.embed_tokens.weight"]
-        head.load_state_dict({"weight": weight}, strict=False, assign=True)
+            head = self.load_module("lm_head", dtype, device)
+        else:
+            head = self.skeleton.get_submodule("lm_head").to(dtype=dtype).to_empty(device=device)
+            tied = "model.embed_tokens.weight"
+            weight = self.reader.read([tied], dtype, device)[tied]
+            head.load_state_dict({"weight": weight}, strict=False, assign=True)
+        if self.weights is not None and self.weights.bits is not None:
+            assert isinstance(head, nn.Linear), "lm_head must be a linear layer"
+            head = QuantizedLinear.from_weight(
+                head.weight, head.bias, self.weights.head_bits, self.weights.activation_dtype, "lm_head"
+            )
         return head.eval()
 
     def rotary(self, device: torch.device) -> nn.Module:
@@ -109,3 +156,9 @@ class ModelSource:
         with torch.device("cpu"):
             rotary = type(meta_rotary)(config=self.config)
         return rotary.to(device)
+
+
+def _meta_skeleton(config: PretrainedConfig) -> nn.Module:
+    """The whole model on the ``meta`` device: structure and names, no memory."""
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)

@@ -67,6 +67,17 @@ class WeightReader:
                     tensors[name] = tensor.to(device)
         return tensors
 
+    def shapes_with_prefix(self, prefix: str) -> dict[str, list[int]]:
+        """Shapes of the tensors under ``prefix``, from the shard headers only."""
+        shapes: dict[str, list[int]] = {}
+        by_shard: dict[str, list[str]] = {}
+        for name in self.names_with_prefix(prefix):
+            by_shard.setdefault(self.shard_of[name], []).append(name)
+        for shard, names in by_shard.items():
+            header = _read_header(self.folder / shard)
+            shapes.update({name: list(header[name]["shape"]) for name in names})  # type: ignore[call-overload]
+        return shapes
+
     def stored_nbytes(self, prefix: str, dtype: torch.dtype) -> int:
         """Bytes the tensors under ``prefix`` take once cast to ``dtype`` (from headers only)."""
         element = torch.empty((), dtype=dtype).element_size()
