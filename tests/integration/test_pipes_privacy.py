@@ -201,7 +201,9 @@ async def test_pipe_frames_carry_only_ids_positions_lengths_and_hidden_states(ru
     for message in run.received:
         if message.kind == KIND_OPEN:
             assert isinstance(message.header, dict)
-            assert set(message.header) == {"model_id", "start", "end"}
+            # max_tokens: the length the hop reserves KV memory for (prompt + output limit), a number.
+            assert set(message.header) == {"model_id", "start", "end", "max_tokens"}
+            assert isinstance(message.header["max_tokens"], int)
             sequence_ids.update(decode_sequence_ids(message.payload))
         elif message.kind == KIND_STEP:
             assert isinstance(message.header, bytes)

@@ -56,7 +56,8 @@ def test_each_hop_reserves_the_prompt_plus_the_completion_budget(tiny: tuple[End
     request = GenerationRequest(PROMPT, SamplingParams(temperature=1.0, seed=2), max_new_tokens=6)
     finished, reserved = generate(end, segment, request)
     assert finished.reason in ("stop", "length")
-    assert reserved and set(reserved) == {len(PROMPT) + 6}
+    # Read as the client gets each delta: the last ones may arrive after the sequence ended and freed it.
+    assert reserved and reserved[0] == len(PROMPT) + 6 and set(reserved) <= {len(PROMPT) + 6, 0}
     assert segment.reserved_tokens() == 0
 
 

@@ -30,7 +30,12 @@ from starlette.responses import JSONResponse, Response
 from language_pipes.api import chat_tools
 from language_pipes.api.auth import AuthenticatedClient, JobSlot, job_limiter
 from language_pipes.api.body import read_body
-from language_pipes.api.errors import current_request_id, generation_failed, invalid_request
+from language_pipes.api.errors import (
+    current_request_id,
+    finished_with_error,
+    generation_failed,
+    invalid_request,
+)
 from language_pipes.api.models_route import completion_token_budget, generator_for
 from language_pipes.api.prompt import encode_prompt
 from language_pipes.api.reasoning import prompt_opens_reasoning
@@ -116,7 +121,7 @@ async def run_generation(
     finally:
         await events.aclose()
     if outcome.finished.reason == "error":
-        raise generation_failed(outcome.finished.error, outcome.finished.error_status)
+        raise finished_with_error(outcome.finished)
     return outcome
 
 
@@ -133,7 +138,7 @@ async def start_streamed_generation(
         if first is None:
             raise GenerationEndedEarly("the engine ended a sequence without any event")
         if isinstance(first, Finished) and first.reason == "error":
-            raise generation_failed(first.error, first.error_status)
+            raise finished_with_error(first)
     except BaseException:
         await _abandon(events, slot)
         raise
@@ -298,7 +303,7 @@ async def chat_stream_frames(
                 for delta in interpreter.feed(event.text):
                     yield writer.delta(delta)
             elif event.reason == "error":
-                yield error_event(event.error or "The generation failed.", event.error_status)
+                yield sse_event(finished_with_error(event).body())
                 break
             else:
                 last_deltas, reason = interpreter.finish(event.reason)

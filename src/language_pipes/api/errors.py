@@ -12,6 +12,8 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from language_pipes.engine.types import Finished
+
 logger = logging.getLogger(__name__)
 
 # Set by the request guard (language_pipes.api.guard) for the request being served.
@@ -86,15 +88,19 @@ def _with_request_id(message: str) -> str:
     return f"{message} (request id {request_id})" if request_id else message
 
 
-def generation_failed(message: str | None, status: int = 500) -> APIError:
+def generation_failed(message: str | None, status: int = 500, public: str | None = None) -> APIError:
     """The engine reported an error; a 5xx keeps its details in the log, not in the body.
 
     A 4xx is about the request and keeps the engine's message; a 5xx says only
-    what failed and names the request id, and the engine's text is logged with it.
+    what failed (``public``, written by this node for the client, when the engine
+    gave one) and names the request id, and the engine's text is logged with it.
     """
     if status < 500:
         return APIError(status, message or "The generation failed.", error_type="invalid_request_error")
     logger.warning("request %s: generation failed (%d): %s", current_request_id(), status, message)
+    if public is not None:
+        error_type = "service_unavailable" if status == 503 else "server_error"
+        return APIError(status, _with_request_id(public), error_type=error_type)
     if status == 503:
         public = "The pipe serving this model failed while generating; try again."
         error_type = "service_unavailable"
@@ -105,6 +111,11 @@ def generation_failed(message: str | None, status: int = 500) -> APIError:
         public = "The server had an error while generating."
         error_type = "server_error"
     return APIError(status, _with_request_id(public), error_type=error_type)
+
+
+def finished_with_error(finished: Finished) -> APIError:
+    """The error a sequence that ended with ``reason == "error"`` answers with."""
+    return generation_failed(finished.error, finished.error_status, finished.public_error)
 
 
 def route_not_found(method: str, path: str) -> APIError:

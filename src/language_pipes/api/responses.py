@@ -34,7 +34,12 @@ from language_pipes.api import tool_calls
 from language_pipes.api.auth import AuthenticatedClient, ClientKey, JobSlot, job_limiter
 from language_pipes.api.body import read_body
 from language_pipes.api.chat import GenerationEndedEarly, StartedGeneration, start_streamed_generation
-from language_pipes.api.errors import current_request_id, generation_failed, invalid_request
+from language_pipes.api.errors import (
+    current_request_id,
+    finished_with_error,
+    generation_failed,
+    invalid_request,
+)
 from language_pipes.api.models_route import completion_token_budget, generator_for
 from language_pipes.api.prompt import encode_prompt
 from language_pipes.api.reasoning import (
@@ -254,7 +259,7 @@ async def _compose_whole(generator: TextGenerator, plan: ResponsePlan, composer:
                 composer.on_delta(event)
                 continue
             if event.reason == "error":
-                raise generation_failed(event.error, event.error_status)
+                raise finished_with_error(event)
             composer.on_finished(event)
             return
         raise GenerationEndedEarly("the engine ended a sequence without a Finished event")

@@ -7,7 +7,7 @@ from typing import Literal
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseStreamEvent
 
 from language_pipes.api import tool_calls
-from language_pipes.api.errors import generation_failed
+from language_pipes.api.errors import finished_with_error
 from language_pipes.api.reasoning import AnswerDelta, ReasoningDelta, ReasoningEnded, ReasoningSplitter
 from language_pipes.api.responses_plan import ResponsePlan
 from language_pipes.api.responses_stream import ResponseBuilder
@@ -39,7 +39,7 @@ class OutputComposer:
     def on_finished(self, finished: Finished) -> list[ResponseStreamEvent]:
         if finished.reason == "error":
             # The public message names the request id; the engine's text goes to the log.
-            return self.builder.fail(generation_failed(finished.error, finished.error_status).message)
+            return self.builder.fail(finished_with_error(finished).message)
         status: Literal["completed", "incomplete"] = (
             "incomplete" if finished.reason == "length" else "completed"
         )

@@ -55,13 +55,22 @@ class RouteFailure(Exception):
     """A hop of the route failed or missed its deadline: the route's sequences move elsewhere."""
 
 
-def fail(sequence: Sequence, message: str, status: int = 500) -> None:
+def fail(sequence: Sequence, message: str, status: int = 500, public: str | None = None) -> None:
     """Finish ``sequence`` with an error; never raises (its client may be gone already)."""
     try:
-        sequence.finish("error", message, status)
+        sequence.finish("error", message, status, public)
     except Exception:  # noqa: BLE001 - emitting to a vanished client must not take the lane down
         log.exception("could not report the failure of sequence %s", sequence.sequence_id)
         sequence.finished = True
+
+
+def _refusal_for_client(failure: str) -> str:
+    """What a client is told when every route refused its sequence: our words, never the peer's text."""
+    if "max_node_jobs" in failure:
+        return "The pipe refused the request: a layer node holds max_node_jobs sequences of this node."
+    if "KV" in failure or "memory" in failure:
+        return "The pipe refused the request: a layer node has no KV memory left for it."
+    return "The pipe refused the request."
 
 
 class Lane:
@@ -211,7 +220,8 @@ class Scheduler:
             sequence.route = route
             return True
         if failures:
-            fail(sequence, f"the pipe refused the request: {failures[-1]}", 503)
+            refusal = failures[-1]
+            fail(sequence, f"the pipe refused the request: {refusal}", 503, _refusal_for_client(refusal))
         else:
             fail(sequence, "no complete pipe serves this model right now", 503)
         return False

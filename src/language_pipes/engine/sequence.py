@@ -103,7 +103,13 @@ class Sequence:
         elif len(self.generated) >= self.request.max_new_tokens:
             self.finish("length")
 
-    def finish(self, reason: FinishReason, error: str | None = None, error_status: int = 500) -> None:
+    def finish(
+        self,
+        reason: FinishReason,
+        error: str | None = None,
+        error_status: int = 500,
+        public_error: str | None = None,
+    ) -> None:
         if self.finished:
             return
         self.finished = True
@@ -116,6 +122,7 @@ class Sequence:
                 completion_tokens=len(self.generated),
                 error=error,
                 error_status=error_status,
+                public_error=public_error,
             )
         )
 

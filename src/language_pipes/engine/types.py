@@ -84,6 +84,8 @@ class Finished:
     error: str | None = None
     # Status an API should answer with when reason == "error" and nothing was streamed yet.
     error_status: int = 500
+    # A message this node wrote for the client (never a peer's text); `error` stays in the log.
+    public_error: str | None = None
 
 
 GenerationEvent = TextDelta | Finished
