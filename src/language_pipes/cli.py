@@ -14,7 +14,8 @@ import sys
 from collections.abc import Sequence
 
 from language_pipes import __version__
-from language_pipes.config import ConfigError, NodeConfig, config_report, load_config, resolve_config_path
+from language_pipes.config import ConfigError, NodeConfig, load_config, resolve_config_path
+from language_pipes.config_report import config_report
 from language_pipes.process_settings import prepare_native_threads
 
 USAGE_ERROR = 2

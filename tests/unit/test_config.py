@@ -12,12 +12,12 @@ from language_pipes.config import (
     ConfigError,
     EndModelConfig,
     NodeConfig,
-    config_report,
     load_config,
     parse_config,
     resolve_config_path,
     save_config,
 )
+from language_pipes.config_report import config_report
 
 NETWORK_KEY = "ab12cd34ab12cd34ab12cd34ab12ef90"
 

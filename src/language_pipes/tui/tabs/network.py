@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Button, DataTable, Input, Label, OptionList, Static
 
-from language_pipes.config import shorten_network_key
+from language_pipes.config_report import shorten_network_key
 from language_pipes.tui.menu import ConfirmScreen
 from language_pipes.tui.tabs.base import DashboardTab, set_input, typed_text
 
