@@ -27,6 +27,7 @@ from support.split_checks import (
 from support.tiny_models import (
     GEMMA_SLIDING_WINDOW,
     TINY_FAMILIES,
+    UPSTREAM_TINY_FAMILIES,
     TinyFamily,
     build_tiny_model,
     reference_model,
@@ -34,6 +35,8 @@ from support.tiny_models import (
 
 # Rerun under a second CPU kernel family by scripts/test.sh (see README, Tests).
 pytestmark = pytest.mark.numerics
+# The families this project had, and those added for the upstream release (test_architectures_upstream.py).
+ALL_FAMILIES = (*TINY_FAMILIES, *UPSTREAM_TINY_FAMILIES)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,10 +47,10 @@ def _one_thread() -> None:
 @pytest.fixture(scope="module")
 def tiny_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[TinyFamily, Path]:
     root = tmp_path_factory.mktemp("tiny")
-    return {family: build_tiny_model(family, root / family) for family in TINY_FAMILIES}
+    return {family: build_tiny_model(family, root / family) for family in ALL_FAMILIES}
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 @pytest.mark.parametrize("split", list(SPLITS))
 def test_split_logits_match_transformers_at_every_step(
     family: TinyFamily, split: str, tiny_folders: dict[TinyFamily, Path]
@@ -55,12 +58,12 @@ def test_split_logits_match_transformers_at_every_step(
     check_logits_at_every_step(tiny_folders[family], SPLITS[split], family)
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_split_greedy_tokens_match_generate(family: TinyFamily, tiny_folders: dict[TinyFamily, Path]) -> None:
     check_greedy_matches_generate(tiny_folders[family])
 
 
-@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_chunked_prefill_and_packed_batch_match_one_sequence_alone(
     family: TinyFamily, tiny_folders: dict[TinyFamily, Path]
 ) -> None:
