@@ -220,6 +220,10 @@ class NodeConfig(_StrictModel):
     torch_threads: int = Field(default_factory=available_cores, ge=1)
     log_level: LogLevel = "info"
     batch_invariant: bool = False
+    # Speculative decoding on the origin (engine/speculation.py): drafts from the conversation, verified
+    # in one step through the pipe; at most speculation_max_tokens drafted tokens per step.
+    speculation: bool = True
+    speculation_max_tokens: int = Field(default=6, ge=1, le=32)
 
     @field_validator(
         "api_keys",

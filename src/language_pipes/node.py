@@ -22,6 +22,7 @@ from language_pipes.api.settings import ApiSettings
 from language_pipes.config import EndModelConfig, LayerModelConfig, NodeConfig
 from language_pipes.engine.generator import ModelGenerator
 from language_pipes.engine.scheduler import Scheduler
+from language_pipes.engine.speculation import SpeculationSettings
 from language_pipes.engine.types import ModelId, ModelUnavailableError, ModelUnknownError
 from language_pipes.models.end_model import EndModel
 from language_pipes.models.partial import ModelSource
@@ -158,6 +159,9 @@ class Node:
                     hosted.end_model,
                     lambda m=hosted.model_id: self.route_for(m),
                     aligned_prefill=self.config.batch_invariant,
+                    speculation=SpeculationSettings(
+                        self.config.speculation, self.config.speculation_max_tokens
+                    ),
                 )
                 hosted.scheduler.start()
                 hosted.generator = ModelGenerator(hosted.end_model, hosted.scheduler)

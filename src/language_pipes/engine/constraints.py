@@ -103,6 +103,18 @@ class GrammarConstraint:
     def is_finished(self) -> bool:
         return self._stopped_by_token or self._matcher.is_stopped()
 
+    def forced_tokens(self) -> list[int]:
+        """Tokens the grammar forces next (speculative decoding drafts them); none once finished."""
+        if self._stopped_by_token or self._matcher.is_error() or self._matcher.is_stopped():
+            return []
+        return list(self._matcher.compute_ff_tokens())
+
+    def valid_prefix(self, tokens: list[int]) -> int:
+        """How many of ``tokens``, in order, the grammar would accept from its current state."""
+        if self._stopped_by_token or self._matcher.is_error():
+            return 0
+        return int(self._matcher.validate_tokens(tokens))
+
 
 def _compile(tokenizer: Any, grammar: str, what: str) -> llguidance.LLMatcher:
     guidance = guidance_tokenizer(tokenizer)

@@ -4,7 +4,9 @@ The scheduler's lanes own the step loop. New requests join between steps;
 each step packs one token per decoding sequence plus prefill chunks up to a
 token budget, runs them through the end model's local layers and the
 sequence's route, and samples the next token of every sequence that has fed
-all its known tokens.
+all its known tokens. With speculation on, a decoding sequence also feeds the
+tokens it drafted, and keeps those the model agrees with
+(engine/speculation.py).
 
 Sequences whose route reaches another machine are spread over two lanes
 (threads) so the pipe carries two micro-batches: while a layer node runs one
@@ -31,8 +33,13 @@ from itertools import groupby
 
 import torch
 
-from language_pipes.engine.sampling import SamplingError, pick_token
+from language_pipes.engine.sampling import SamplingError
 from language_pipes.engine.sequence import Sequence
+from language_pipes.engine.speculation import (
+    SpeculationSettings,
+    accept_longest_prefix,
+    supports_speculation,
+)
 from language_pipes.models.end_model import EndModel
 from language_pipes.models.segment import SegmentBatch
 from language_pipes.pipes.route import Route
@@ -40,6 +47,8 @@ from language_pipes.pipes.route import Route
 log = logging.getLogger(__name__)
 
 RouteProvider = Callable[[], Route | None]
+# A step's plan: each sequence, the tokens it feeds, and how many of them (at the end) are drafts.
+Plan = list[tuple[Sequence, list[int], int]]
 
 # How many times one sequence may move to a new route before its request fails.
 MAX_REPLAYS = 3
@@ -141,6 +150,7 @@ class Scheduler:
         prefill_chunk: int = 256,
         remote_lanes: int = REMOTE_LANES,
         aligned_prefill: bool = False,
+        speculation: SpeculationSettings | None = None,
     ) -> None:
         self.end_model = end_model
         self.choose_route = choose_route
@@ -148,6 +158,17 @@ class Scheduler:
         self.prefill_chunk = prefill_chunk
         # Batch-invariant mode: prefill chunks start at multiples of prefill_chunk, whatever else runs.
         self.aligned_prefill = aligned_prefill
+        self.speculation = speculation or SpeculationSettings()
+        self.speculating = self.speculation.enabled and supports_speculation(end_model.config)
+        if self.speculation.enabled and not self.speculating:
+            log.info(
+                "%s has recurrent-state layers, which cannot roll back: no speculation", end_model.model_id
+            )
+        # Totals over every sequence (tokens drafted, drafts accepted), and who else wants each step's counts.
+        self.tokens_drafted = 0
+        self.tokens_accepted = 0
+        self.on_speculation: Callable[[int, int], None] | None = None
+        self._totals_lock = threading.Lock()
         self._incoming: queue.Queue[Sequence | None] = queue.Queue()
         self.stopping = threading.Event()
         self.lanes = [Lane(self, index) for index in range(max(1, remote_lanes))]
@@ -304,11 +325,15 @@ class Scheduler:
             )
             sequence.start_replay(route)
 
-    def _plan(self, members: list[Sequence]) -> list[tuple[Sequence, list[int]]]:
+    def _plan(self, members: list[Sequence]) -> Plan:
         decoding = [s for s in members if s.unfed == 1]
         prefilling = [s for s in members if s.unfed > 1]
-        plan = [(s, s.next_chunk(1)) for s in decoding]
-        budget = self.step_token_budget - len(plan)
+        drafting = self.speculating and len(decoding) < self.speculation.busy_batch
+        plan: Plan = []
+        for sequence in decoding:
+            draft = self._draft(sequence) if drafting else []
+            plan.append((sequence, sequence.next_chunk(1) + draft, len(draft)))
+        budget = self.step_token_budget - sum(len(chunk) for _, chunk, _ in plan)
         for sequence in prefilling:
             if budget <= 0 and plan:
                 break
@@ -318,62 +343,83 @@ class Scheduler:
                     continue  # the whole aligned chunk waits for a step with room
             else:
                 chunk = sequence.next_chunk(max(1, min(self.prefill_chunk, budget)))
-            plan.append((sequence, chunk))
+            plan.append((sequence, chunk, 0))
             budget -= len(chunk)
         return plan
+
+    def _draft(self, sequence: Sequence) -> list[int]:
+        try:
+            return sequence.draft(self.speculation.max_tokens, self.max_tokens(sequence))
+        except Exception:  # noqa: BLE001 - a draft is only a guess: a failing grammar query means no draft
+            log.exception("drafting for sequence %s failed", sequence.sequence_id)
+            return []
 
     def _step_route(self, members: list[Sequence]) -> None:
         plan = self._plan(members)
         if not plan:
             return
         batch = SegmentBatch(
-            sequence_ids=tuple(s.sequence_id for s, _ in plan),
-            start_positions=tuple(s.fed for s, _ in plan),
-            lengths=tuple(len(chunk) for _, chunk in plan),
+            sequence_ids=tuple(s.sequence_id for s, _, _ in plan),
+            start_positions=tuple(s.fed for s, _, _ in plan),
+            lengths=tuple(len(chunk) for _, chunk, _ in plan),
         )
         route = plan[0][0].route
         assert route is not None
-        hidden = self.end_model.embed([token for _, chunk in plan for token in chunk])
+        hidden = self.end_model.embed([token for _, chunk, _ in plan for token in chunk])
         hidden = self.end_model.local_layers.forward(hidden, batch)
         try:
             hidden = route.forward(hidden, batch)
         except Exception as error:  # noqa: BLE001 - any hop failure (lost, refused, late) fails the route
             raise RouteFailure(str(error)) from error
         due_rows: list[int] = []
-        due: list[Sequence] = []
+        due: list[tuple[Sequence, list[int]]] = []
         row = -1
-        for sequence, chunk in plan:
+        for sequence, chunk, drafted in plan:
             row += len(chunk)
-            sequence.advance(len(chunk))
+            sequence.advance(len(chunk) - drafted)  # drafts count as fed once accepted
             if sequence.unfed == 0:
-                due_rows.append(row)
-                due.append(sequence)
+                due_rows.extend(range(row - drafted, row + 1))  # the last token's row, then each draft's
+                due.append((sequence, chunk[len(chunk) - drafted :]))
         if not due:
             return
         logits = self.end_model.logits(hidden[0, due_rows])
-        for sequence, row_logits in zip(due, logits, strict=True):
+        first = 0
+        for sequence, draft in due:
+            rows = logits[first : first + len(draft) + 1]
+            first += len(draft) + 1
             if not sequence.cancelled.is_set():
-                self._next_token(sequence, row_logits)
+                self._next_tokens(sequence, rows, draft)
 
-    def _next_token(self, sequence: Sequence, row_logits: torch.Tensor) -> None:
-        """Sample, constrain and detokenize one sequence's next token; a failure ends that sequence only."""
+    def _next_tokens(self, sequence: Sequence, rows: torch.Tensor, draft: list[int]) -> None:
+        """Sample, constrain and detokenize one sequence's next token(s); a failure ends that sequence only.
+
+        Without a draft, ``rows`` is one row and yields one token; with one, the
+        drafts the model agrees with are kept, and the first row that disagrees
+        yields the model's own token instead.
+        """
+        limit = self.max_tokens(sequence)
+
+        def emit(token: int) -> bool:
+            return sequence.take(token, self.end_model.eos_token_ids, limit)
+
         try:
-            token = pick_token(
-                row_logits,
-                sequence.request.sampling,
-                sequence.generated,
-                sequence.allowed_tokens(row_logits.shape[-1]),
-                sequence.random,
-            )
-            sequence.add_token(token, self.end_model.eos_token_ids)
-            if not sequence.finished and len(sequence.tokens) >= self.max_tokens(sequence):
-                sequence.finish(
-                    "length"
-                )  # the context is full: one more token would pass every hop's reservation
+            accepted = accept_longest_prefix(draft, rows, sequence.pick, emit)
+            if draft and sequence.speculation is not None:
+                if not sequence.finished:
+                    sequence.keep_drafts(accepted)
+                sequence.speculation.record(len(draft), accepted)
+                self._count_speculation(len(draft), accepted)
         except Exception as error:  # noqa: BLE001 - sampling, grammar or text of one sequence: it alone fails
             log.exception("sequence %s failed after its step", sequence.sequence_id)
             what = str(error) if isinstance(error, SamplingError) else type(error).__name__
             fail(sequence, f"generating the next token failed: {what}")
+
+    def _count_speculation(self, drafted: int, accepted: int) -> None:
+        with self._totals_lock:
+            self.tokens_drafted += drafted
+            self.tokens_accepted += accepted
+        if self.on_speculation is not None:
+            self.on_speculation(drafted, accepted)
 
 
 def _drain(pending: queue.Queue[Sequence | None]) -> list[Sequence | None]:

@@ -3,7 +3,9 @@
 A sequence's KV caches hold its first ``fed`` tokens. Each step feeds the next
 unfed tokens (a prefill chunk, or the one token sampled last); when it has fed
 every token it knows, the step's last row yields the next token. Setting
-``fed = 0`` replays the sequence through a new route.
+``fed = 0`` replays the sequence through a new route. A speculative step feeds
+drafted tokens after the last one; :meth:`Sequence.keep_drafts` counts the
+accepted ones as fed (engine/speculation.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 
 from language_pipes.engine.detokenize import IncrementalDetokenizer, StopMatcher
-from language_pipes.engine.sampling import make_generator
+from language_pipes.engine.sampling import make_generator, pick_token
+from language_pipes.engine.speculation import DraftControl, draft_tokens
 from language_pipes.engine.types import (
     Finished,
     FinishReason,
@@ -41,6 +44,8 @@ class Sequence:
     replays: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
     finished: bool = False
+    # Speculative decoding state (K, backoff, drafted / accepted counts); None: this sequence never drafts.
+    speculation: DraftControl | None = None
 
     def __post_init__(self) -> None:
         self.stops = StopMatcher(self.request.stop)
@@ -76,6 +81,14 @@ class Sequence:
         if self.replay_chunks:
             self.replay_chunks.pop(0)
 
+    def keep_drafts(self, accepted: int) -> None:
+        """The step that fed the last token also fed ``accepted`` drafts the model agreed with.
+
+        They join that step's chunk, so a replay feeds exactly the accepted tokens in the same chunks.
+        """
+        self.fed += accepted
+        self.fed_chunks[-1] += accepted
+
     def start_replay(self, route: Route) -> None:
         """Feed every token again through ``route``, in the chunks first used.
 
@@ -103,6 +116,26 @@ class Sequence:
         elif len(self.generated) >= self.request.max_new_tokens:
             self.finish("length")
 
+    def pick(self, row_logits: torch.Tensor) -> int:
+        """The next token from one row of logits, with this sequence's sampling, penalties and grammar."""
+        allowed = self.allowed_tokens(row_logits.shape[-1])
+        return pick_token(row_logits, self.request.sampling, self.generated, allowed, self.random)
+
+    def take(self, token_id: int, eos_token_ids: frozenset[int], max_tokens: int) -> bool:
+        """:meth:`add_token`, finishing at ``max_tokens`` (what every hop reserved); False once finished."""
+        self.add_token(token_id, eos_token_ids)
+        if not self.finished and len(self.tokens) >= max_tokens:
+            self.finish("length")  # the context is full: one more token would pass every reservation
+        return not self.finished
+
+    def draft(self, limit: int, max_tokens: int) -> list[int]:
+        """Tokens to verify after the last one: at most ``limit``, none past ``max_tokens`` or the budget."""
+        if self.speculation is None:
+            self.speculation = DraftControl(limit)
+        tokens = self.tokens
+        room = min(max_tokens - len(tokens), self.request.max_new_tokens - len(self.generated) - 1)
+        return draft_tokens(self.speculation, tokens, self.request.constraint, room)
+
     def finish(
         self,
         reason: FinishReason,
@@ -123,6 +156,8 @@ class Sequence:
                 error=error,
                 error_status=error_status,
                 public_error=public_error,
+                drafted_tokens=self.speculation.drafted if self.speculation else 0,
+                accepted_tokens=self.speculation.accepted if self.speculation else 0,
             )
         )
 

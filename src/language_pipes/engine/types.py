@@ -86,6 +86,9 @@ class Finished:
     error_status: int = 500
     # A message this node wrote for the client (never a peer's text); `error` stays in the log.
     public_error: str | None = None
+    # Speculative decoding (engine/speculation.py): tokens drafted, and drafts the model accepted.
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
 
 GenerationEvent = TextDelta | Finished
