@@ -27,6 +27,12 @@ def config_report(config: NodeConfig, source: str | None = None) -> str:
         ("node_id", config.node_id),
         ("log_level", config.log_level),
         ("batch_invariant", str(config.batch_invariant).lower()),
+        (
+            "speculation",
+            f"on, up to {config.speculation_max_tokens} drafted tokens per step"
+            if config.speculation
+            else "off",
+        ),
         ("torch_threads", str(config.torch_threads)),
         "API",
         ("job_port", str(config.job_port) if config.job_port else "not set (no API server)"),

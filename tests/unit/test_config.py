@@ -30,6 +30,9 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
     ("port_high", 'node_id = "a"\npeer_port = 70000\n', "peer_port: must be between 1 and 65535 (got 70000)"),
     ("lane_port_zero", 'node_id = "a"\nlane_port = 0\n', "lane_port: must be between 1 and 65535 (got 0)"),
     ("port_zero", 'node_id = "a"\njob_port = 0\n', "job_port: must be between 1 and 65535 (got 0)"),
+    ("draft_zero", 'node_id = "a"\nspeculation_max_tokens = 0\n', "speculation_max_tokens: must be"),
+    ("draft_huge", 'node_id = "a"\nspeculation_max_tokens = 33\n', "speculation_max_tokens: must be"),
+    ("speculation_text", 'node_id = "a"\nspeculation = "yes"\n', "speculation: must be"),
     ("key_not_hex", f'node_id = "a"\nnetwork_key = "{"zz" * 16}"\n', "network_key: must be 32 hexadecimal"),
     (
         "key_short",
@@ -293,3 +296,12 @@ def test_saved_configs_are_readable_by_their_owner_only(tmp_path: Path) -> None:
     path = tmp_path / "node.toml"
     save_config(path, NodeConfig(node_id="n", network_key="ab" * 16, api_keys=("k",)))
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_speculation_is_on_by_default_with_six_drafted_tokens_and_can_be_switched_off() -> None:
+    config = NodeConfig(node_id="a")
+    assert (config.speculation, config.speculation_max_tokens) == (True, 6)
+    assert "on, up to 6 drafted tokens per step" in config_report(config)
+    off = parse_config({"node_id": "a", "speculation": False, "speculation_max_tokens": 3})
+    assert (off.speculation, off.speculation_max_tokens) == (False, 3)
+    assert "speculation" in config_report(off) and "off" in config_report(off)

@@ -173,3 +173,28 @@ async def test_kv_memory_is_reserved_at_open_and_a_sequence_cannot_outgrow_it(
     await open_on(c, second, max_tokens=20)  # what is left is still there for others
     await release_on(b, first)
     assert segment.reserved_tokens() == 20
+
+
+async def test_a_step_rolls_back_only_its_own_origins_sequence_and_never_skips_ahead(
+    start_node: Starter, tiny_source: ModelSource
+) -> None:
+    """Speculative decoding's rollback: a step that starts inside the cache cuts it back to its start.
+
+    Only the origin that opened the sequence can do that; a start past the
+    cache's end is refused and changes nothing.
+    """
+    _, segment, b, c = await cluster(start_node, tiny_source)
+    sequence_id = new_id()
+    await open_on(b, sequence_id)
+    await step_on(b, sequence_id, 0, 3)
+    await step_on(b, sequence_id, 3, 5)  # the last token plus four drafts
+    assert segment._caches[sequence_id].length == 8
+    await step_on(b, sequence_id, 4, 1)  # one draft accepted: the next step starts at position 4
+    assert segment._caches[sequence_id].length == 5
+
+    with pytest.raises(PeerRequestFailed, match="not opened"):
+        await step_on(c, sequence_id, 1, 1)  # another origin cannot cut b's sequence back
+    with pytest.raises(PeerRequestFailed):
+        await step_on(b, sequence_id, 9, 1)  # past the cache's end: nothing to continue from
+    assert segment._caches[sequence_id].length == 5
+    await release_on(b, sequence_id)

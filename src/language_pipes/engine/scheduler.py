@@ -33,6 +33,7 @@ from itertools import groupby
 
 import torch
 
+from language_pipes.engine.lanes import Lane, drain, fail
 from language_pipes.engine.sampling import SamplingError
 from language_pipes.engine.sequence import Sequence
 from language_pipes.engine.speculation import (
@@ -54,23 +55,10 @@ Plan = list[tuple[Sequence, list[int], int]]
 MAX_REPLAYS = 3
 # Micro-batches in flight through a route that crosses the network.
 REMOTE_LANES = 2
-# How long an idle lane waits for work before checking whether it should stop.
-IDLE_WAIT_S = 0.5
-# Pause after an unexpected lane failure, so a failure that repeats cannot spin a core.
-FAILURE_PAUSE_S = 0.05
 
 
 class RouteFailure(Exception):
     """A hop of the route failed or missed its deadline: the route's sequences move elsewhere."""
-
-
-def fail(sequence: Sequence, message: str, status: int = 500, public: str | None = None) -> None:
-    """Finish ``sequence`` with an error; never raises (its client may be gone already)."""
-    try:
-        sequence.finish("error", message, status, public)
-    except Exception:  # noqa: BLE001 - emitting to a vanished client must not take the lane down
-        log.exception("could not report the failure of sequence %s", sequence.sequence_id)
-        sequence.finished = True
 
 
 def _refusal_for_client(failure: str) -> str:
@@ -80,62 +68,6 @@ def _refusal_for_client(failure: str) -> str:
     if "KV" in failure or "memory" in failure:
         return "The pipe refused the request: a layer node has no KV memory left for it."
     return "The pipe refused the request."
-
-
-class Lane:
-    """One step loop over its own sequences, in its own thread."""
-
-    def __init__(self, scheduler: Scheduler, index: int) -> None:
-        self.scheduler = scheduler
-        self.index = index
-        self.active: list[Sequence] = []
-        self.joining: queue.Queue[Sequence | None] = queue.Queue()
-        self.thread = threading.Thread(
-            target=self._run, name=f"scheduler:{scheduler.end_model.model_id}:{index}", daemon=True
-        )
-
-    def _run(self) -> None:
-        """The supervised loop: whatever fails, the affected requests end and the lane goes on."""
-        while not self.scheduler.stopping.is_set():
-            try:
-                self._cycle()
-            except Exception as error:  # noqa: BLE001 - the supervisor: fail who was affected, keep the lane
-                log.exception("scheduler lane %d failed; its requests end with an error", self.index)
-                for sequence in self.active:
-                    fail(sequence, f"generation failed: {type(error).__name__}")
-                self._drop_after_failure()
-                self.scheduler.stopping.wait(FAILURE_PAUSE_S)
-
-    def _cycle(self) -> None:
-        scheduler = self.scheduler
-        self._take_joining(block=not self.active)
-        scheduler.drop_finished(self.active)
-        if self.active:
-            scheduler.step(self.active)
-
-    def _drop_after_failure(self) -> None:
-        try:
-            self.scheduler.drop_finished(self.active)
-        except Exception:  # noqa: BLE001 - releasing caches failed too: forget the sequences anyway
-            log.exception("scheduler lane %d could not release its sequences", self.index)
-            self.active.clear()
-
-    def _take_joining(self, block: bool) -> None:
-        """Lane 0 admits new requests for every lane; the others wait for what it hands them."""
-        if self.index == 0:
-            self.scheduler.admit(timeout=IDLE_WAIT_S if block else None)
-        try:
-            waiting = block and self.index > 0
-            sequence = self.joining.get(timeout=IDLE_WAIT_S) if waiting else self.joining.get_nowait()
-        except queue.Empty:
-            return
-        while True:
-            if sequence is not None:
-                self.active.append(sequence)
-            try:
-                sequence = self.joining.get_nowait()
-            except queue.Empty:
-                return
 
 
 class Scheduler:
@@ -186,8 +118,8 @@ class Scheduler:
         for lane in self.lanes:
             lane.thread.join(timeout=10)
             waiting += lane.active
-            waiting += _drain(lane.joining)
-        waiting += _drain(self._incoming)
+            waiting += drain(lane.joining)
+        waiting += drain(self._incoming)
         for sequence in waiting:
             if sequence is not None:
                 sequence.finish("error", "the node is shutting down", 503)
@@ -212,7 +144,7 @@ class Scheduler:
             first = self._incoming.get(timeout=timeout) if timeout else self._incoming.get_nowait()
         except queue.Empty:
             return
-        for sequence in [first, *_drain(self._incoming)]:
+        for sequence in [first, *drain(self._incoming)]:
             if sequence is None:
                 continue
             try:
@@ -420,12 +352,3 @@ class Scheduler:
             self.tokens_accepted += accepted
         if self.on_speculation is not None:
             self.on_speculation(drafted, accepted)
-
-
-def _drain(pending: queue.Queue[Sequence | None]) -> list[Sequence | None]:
-    drained = []
-    while True:
-        try:
-            drained.append(pending.get_nowait())
-        except queue.Empty:
-            return drained
