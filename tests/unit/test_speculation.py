@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from language_pipes.engine.detokenize import IncrementalDetokenizer
 from language_pipes.engine.generator import ModelGenerator
 from language_pipes.engine.sampling import make_generator, pick_token
 from language_pipes.engine.scheduler import Scheduler
+from language_pipes.engine.sequence import Sequence
 from language_pipes.engine.speculation import (
     DraftControl,
     PromptLookup,
@@ -29,7 +31,7 @@ from language_pipes.engine.speculation import (
     accept_longest_prefix,
     supports_speculation,
 )
-from language_pipes.engine.types import Finished, GenerationRequest, SamplingParams, TextDelta
+from language_pipes.engine.types import Finished, GenerationRequest, SamplingParams, SequenceId, TextDelta
 from language_pipes.models.partial import ModelSource
 from language_pipes.models.segment import LayerSegment, SegmentBatch
 from language_pipes.pipes.route import Route
@@ -251,6 +253,26 @@ def engines(folder: Path) -> Iterator[dict[str, tuple[Scheduler, ModelGenerator,
     yield made
     for scheduler, _, _ in made.values():
         scheduler.stop()
+
+
+def test_a_step_that_decodes_a_busy_batch_drafts_for_no_one(split: SplitModel) -> None:
+    scheduler = Scheduler(split.end, lambda: None, speculation=SpeculationSettings(True, 4, busy_batch=4))
+
+    def decoding(count: int) -> list[Sequence]:
+        sequences = []
+        for index in range(count):
+            sequence = Sequence(
+                SequenceId(f"{index:032x}"),
+                GenerationRequest(prompt_token_ids=list(PROMPTS[0])),
+                emit=lambda event: None,
+                detokenizer=IncrementalDetokenizer(split.end.tokenizer),
+            )
+            sequence.fed = len(PROMPTS[0]) - 1  # prefilled: the last prompt token is next
+            sequences.append(sequence)
+        return sequences
+
+    assert [drafted for _, _, drafted in scheduler._plan(decoding(3))] == [2, 2, 2]
+    assert [drafted for _, _, drafted in scheduler._plan(decoding(4))] == [0, 0, 0, 0]
 
 
 def requests(sampling: SamplingParams, tokens: int = 28) -> list[GenerationRequest]:
