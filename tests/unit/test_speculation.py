@@ -314,14 +314,20 @@ def test_a_replay_after_a_lost_hop_feeds_only_accepted_tokens_and_continues_iden
 
 
 def test_finished_reports_drafted_and_accepted_tokens(engines: dict) -> None:
+    """The Finished event counts every draft, the last step's too, as the scheduler's totals do."""
     scheduler, generator, _ = engines["speculating"]
+    before = (scheduler.tokens_drafted, scheduler.tokens_accepted)
 
     async def finished() -> Finished:
-        request = requests(GREEDY)[0]
-        async for event in generator.generate(request):
+        async for event in generator.generate(requests(GREEDY)[0]):
             if isinstance(event, Finished):
                 return event
         raise AssertionError("no Finished event")
 
     event = asyncio.run(finished())
     assert event.drafted_tokens > 0 and 0 < event.accepted_tokens <= event.drafted_tokens
+    counted = (event.drafted_tokens + before[0], event.accepted_tokens + before[1])
+    deadline = time.monotonic() + 10
+    while (scheduler.tokens_drafted, scheduler.tokens_accepted) != counted and time.monotonic() < deadline:
+        time.sleep(0.01)  # the totals are added just after the last token is emitted
+    assert (scheduler.tokens_drafted, scheduler.tokens_accepted) == counted

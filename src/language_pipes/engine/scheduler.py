@@ -330,16 +330,24 @@ class Scheduler:
         yields the model's own token instead.
         """
         limit = self.max_tokens(sequence)
+        control = sequence.speculation if draft else None
+        if control is not None:
+            control.drafted += len(draft)  # counted as tokens arrive, so a Finished event includes them
+        emitted = 0
 
         def emit(token: int) -> bool:
+            nonlocal emitted
+            if control is not None and emitted < len(draft) and token == draft[emitted]:
+                control.accepted += 1
+            emitted += 1
             return sequence.take(token, self.end_model.eos_token_ids, limit)
 
         try:
             accepted = accept_longest_prefix(draft, rows, sequence.pick, emit)
-            if draft and sequence.speculation is not None:
+            if control is not None:
                 if not sequence.finished:
                     sequence.keep_drafts(accepted)
-                sequence.speculation.record(len(draft), accepted)
+                control.adapt(len(draft), accepted)
                 self._count_speculation(len(draft), accepted)
         except Exception as error:  # noqa: BLE001 - sampling, grammar or text of one sequence: it alone fails
             log.exception("sequence %s failed after its step", sequence.sequence_id)

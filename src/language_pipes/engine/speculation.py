@@ -115,8 +115,12 @@ class DraftControl:
         return self.k
 
     def record(self, drafted: int, accepted: int) -> None:
+        """Count one verified draft and adapt K to it."""
         self.drafted += drafted
         self.accepted += accepted
+        self.adapt(drafted, accepted)
+
+    def adapt(self, drafted: int, accepted: int) -> None:
         if accepted == drafted:
             self.k = min(self.limit, self.k + GROWTH)
             self.failures = 0
