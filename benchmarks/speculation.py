@@ -181,7 +181,7 @@ HEADER = f"{'rtt ms':>6}  {'case':<12} {'plain t/s':>9} {'spec t/s':>9} " + (
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=48)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rtt-ms", type=float, nargs="+", default=[0.0, 20.0])
     parser.add_argument("--max-draft", type=int, default=6)
     args = parser.parse_args()

@@ -292,7 +292,7 @@ def test_greedy_output_is_identical_with_speculation_alone_and_under_load(engine
 
 
 def test_seeded_sampling_is_identical_with_speculation(engines: dict) -> None:
-    sampled = [SamplingParams(temperature=0.9, top_p=0.95, seed=seed) for seed in (1, 2)]
+    sampled = [SamplingParams(temperature=0.9, top_p=0.95, seed=1)]
     for params in sampled:
         plain = run(*engines["plain"][:2], requests(params))
         assert run(*engines["speculating"][:2], requests(params)) == plain
