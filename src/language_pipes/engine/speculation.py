@@ -43,8 +43,8 @@ import torch
 # The longest and shortest n-gram of the current tail looked up in the sequence's history.
 NGRAM_MAX = 4
 NGRAM_MIN = 2
-# Default K limit (config `speculation_max_tokens`): a 9-row step costs about 2-3 one-row steps
-# on a two-core AVX2 CPU, so longer drafts rarely pay; across real round trips more could.
+# Default K limit (config `speculation_max_tokens`): on a bf16 AVX2 CPU each extra row of a step
+# costs a good part of a one-row step, so long drafts pay only when nearly all of them are accepted.
 DEFAULT_MAX_DRAFT = 6
 # K a sequence starts with, and what a fully accepted draft adds to it.
 FIRST_DRAFT = 2
