@@ -94,6 +94,7 @@ class WeightFetcher:
         self.progress: dict[str, FetchProgress] = {}
         self.bad_pieces: Counter[str] = Counter()
         self.fetched_pieces: list[tuple[str, str]] = []  # (piece key, peer), for tests and benchmarks
+        self.bytes_fetched = 0  # verified bytes received, every fetch together
 
     # ---- manifest -------------------------------------------------------------------------
 
@@ -338,6 +339,7 @@ class _Run:
         self.progress.done_bytes += piece.size
         self.progress.by_peer[peer] += piece.size
         self.fetcher.fetched_pieces.append((piece.key, peer))
+        self.fetcher.bytes_fetched += piece.size
         self.bar.update(piece.size)
         log.info(
             "piece %s %s (%d bytes) of %s from %s", piece.key, piece.tensor or "", piece.size, model_id, peer
