@@ -176,3 +176,24 @@ async def test_auto_falls_back_to_peers_when_the_hub_is_unreachable(
     assert await weights.ensure_tensors(TINY_MODEL, folder, wanted | more) == folder
     assert {key for key, _ in fetcher.fetched_pieces[already:]} and held_tensors(folder) == wanted | more
     source.load_module("model.layers.3", torch.float32, torch.device("cpu"))
+
+
+@pytest.mark.asyncio
+async def test_a_peer_leaving_mid_fetch_leaves_its_pieces_to_the_other(
+    start_node: Starter, tmp_path: Path
+) -> None:
+    key = os.urandom(16)
+    reference = _reference(tmp_path)
+    total = build_manifest(reference.local_path(TINY_MODEL), TINY_MODEL, TEST_BLOCK_BYTES).total_bytes()
+    a = await serving_peer(start_node, "a", reference, key, bytes_per_s=total)
+    copy = tiny_store(tmp_path / "b", reference.local_path(TINY_MODEL))
+    b = await serving_peer(start_node, "b", copy, key, (a.network,), bytes_per_s=total)
+    _, fetcher = await fetching_peer(start_node, "c", key, [a, b])
+    manifest, holders = await fetcher.manifest(TINY_MODEL)
+    folder = tmp_path / "c" / "fetched"
+    fetch = asyncio.create_task(fetcher.fetch(folder, manifest, holders, None))
+    await wait_until(lambda: any(peer == "b" for _, peer in fetcher.fetched_pieces), what="b sending")
+    await b.network.stop()
+    await fetch
+    good = reference.local_path(TINY_MODEL) / "model.safetensors"
+    assert (folder / "model.safetensors").read_bytes() == good.read_bytes()

@@ -37,6 +37,8 @@ REQUEST_TIMEOUT_S = 60.0
 MAX_ATTEMPTS_PER_PIECE = 8
 PEER_WAIT_S = 30.0
 BUSY_BACKOFF_S = 0.05
+PEER_RETRY_S = 0.5
+PEER_RETRY_MAX_S = 4.0
 MEGABYTE = 1_000_000
 
 
@@ -243,7 +245,7 @@ class _Run:
     bar: tqdm.tqdm  # type: ignore[type-arg]
     in_flight: int = 0
     failure: PeerFetchError | None = None
-    gone: set[str] = field(default_factory=set)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def all(self) -> None:
         workers = [
@@ -251,11 +253,16 @@ class _Run:
             for peer in self.holders
             for _ in range(self.fetcher.requests_per_peer)
         ]
+        every_worker = asyncio.gather(*workers)
+        finished = asyncio.create_task(self.finished.wait())
         try:
-            await asyncio.gather(*workers)
+            # Done when every piece is in (workers backing off from a lost peer need not wake up first).
+            await asyncio.wait([every_worker, finished], return_when=asyncio.FIRST_COMPLETED)
         finally:
+            finished.cancel()
             for worker in workers:
                 worker.cancel()
+            await asyncio.gather(every_worker, return_exceptions=True)
         if self.failure is not None:
             raise self.failure
         if self.pending:
@@ -276,13 +283,13 @@ class _Run:
         usable = [
             peer
             for peer, held in self.holders.items()
-            if peer not in item.excluded and peer not in self.gone
+            if peer not in item.excluded
             and (item.piece.tensor is None or held is None or item.piece.tensor in held)
         ]  # fmt: skip
         return not usable or item.attempts >= MAX_ATTEMPTS_PER_PIECE
 
     async def _worker(self, peer: NodeId) -> None:
-        while self.failure is None and peer not in self.gone:
+        while self.failure is None:
             item = self._next_for(peer)
             if item is None:
                 if not self.pending and self.in_flight == 0:
@@ -297,6 +304,8 @@ class _Run:
                 await self._fetch_one(peer, item)
             finally:
                 self.in_flight -= 1
+                if (not self.pending and self.in_flight == 0) or self.failure is not None:
+                    self.finished.set()
 
     async def _fetch_one(self, peer: NodeId, item: _Pending) -> None:
         piece, model_id = item.piece, self.manifest.model_id
@@ -307,9 +316,20 @@ class _Run:
                 peer, KIND_PIECE, request, timeout=REQUEST_TIMEOUT_S
             )
         except PeerUnavailableError as error:
-            log.warning("peer %s is gone while fetching %s: %s", peer, model_id, error)
-            self.gone.add(peer)
-            self._requeue(item, exclude=peer)
+            # Lost for now (a stalled peer is dropped after the failure timeout and rejoins): wait a
+            # little longer each time; the piece fails only after MAX_ATTEMPTS_PER_PIECE tries.
+            log.warning("peer %s is unavailable while fetching %s: %s", peer, model_id, error)
+            live_others = [
+                other
+                for other in self.holders
+                if other != peer and other not in item.excluded and self.fetcher.network.is_live(other)
+            ]
+            if live_others:  # another peer takes it; this one may still serve other pieces later
+                item.attempts -= 1
+                self._requeue(item, exclude=peer)
+            else:
+                self._requeue(item)
+            await asyncio.sleep(min(PEER_RETRY_MAX_S, PEER_RETRY_S * max(1, item.attempts)))
             return
         except NetworkError as error:
             # A timeout or a failed request: ask again (perhaps of another peer).
@@ -354,7 +374,7 @@ class _Run:
         self.pending.append(item)
 
     def _fail(self, item: _Pending) -> None:
-        tried = ", ".join(sorted(item.excluded | self.gone)) or "none"
+        tried = ", ".join(sorted(item.excluded)) or "none"
         reason = f"piece {item.piece.key} failed from every peer that holds it (tried: {tried})"
         self.failure = PeerFetchError(self.manifest.model_id, reason)
 
