@@ -19,17 +19,14 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
 
-from language_pipes.models.store import ModelStore, ModelStoreError, is_complete_model_folder
+from language_pipes.config import ModelSourceName
+from language_pipes.models.store import PEERS_PREFIX, ModelStore, ModelStoreError, is_complete_model_folder
 from language_pipes.models.weights import WeightReader
 from language_pipes.weights.fetch import WeightFetcher
 from language_pipes.weights.journal import held_tensors, stored_manifest
 
 log = logging.getLogger(__name__)
-
-ModelSourceName = Literal["auto", "hub", "peers"]
-STAGING_PREFIX = ".peers-"
 
 
 def tensors_for_modules(reader: WeightReader, module_paths: Iterable[str]) -> set[str]:
@@ -58,7 +55,7 @@ class ModelWeights:
         self.fetcher = fetcher
 
     def staging_path(self, model_id: str) -> Path:
-        return self.store.root / f"{STAGING_PREFIX}{self.store.local_path(model_id).name}"
+        return self.store.root / f"{PEERS_PREFIX}{self.store.local_path(model_id).name}"
 
     async def planning_folder(
         self, model_id: str, source: ModelSourceName, pinned_sha256: str | None = None
