@@ -132,6 +132,8 @@ class Node:
         self.worker.start()
         self._start_schedulers()
         self._tasks.append(asyncio.create_task(self._report_load()))
+        if self.weight_server is not None:
+            self._tasks.append(asyncio.create_task(self.weight_server.prepare([str(m) for m in self.models])))
         if self.config.job_port is not None:
             app = create_app(
                 self,

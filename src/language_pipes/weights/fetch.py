@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 REQUESTS_PER_PEER = 4
 REQUEST_TIMEOUT_S = 60.0
+# A peer builds a model's manifest on first request (hashing every byte): give it time.
+MANIFEST_TIMEOUT_S = 300.0
 MAX_ATTEMPTS_PER_PIECE = 8
 PEER_WAIT_S = 30.0
 BUSY_BACKOFF_S = 0.05
@@ -161,7 +163,7 @@ class WeightFetcher:
     async def _ask_manifest(self, peer: NodeId, model_id: str) -> tuple[Manifest, set[str] | None] | None:
         try:
             header, payload = await self.network.request(
-                peer, KIND_MANIFEST, {"model_id": model_id}, timeout=REQUEST_TIMEOUT_S
+                peer, KIND_MANIFEST, {"model_id": model_id}, timeout=MANIFEST_TIMEOUT_S
             )
             if not isinstance(header, dict) or "refused" in header:
                 log.warning("peer %s refused the manifest of %s: %s", peer, model_id, header)

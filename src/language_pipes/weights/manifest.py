@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import mmap
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -181,9 +182,16 @@ def build_manifest(folder: Path, model_id: str, block_bytes: int = BLOCK_BYTES) 
         return cached
     files = tuple(_file_entry(folder / name, block_bytes) for name in sorted(stat))
     manifest = Manifest(model_id=model_id, block_bytes=block_bytes, files=files)
-    (folder / MANIFEST_FILE).write_bytes(manifest.canonical_json())
-    (folder / MANIFEST_STAT_FILE).write_text(json.dumps(stat))
+    # Atomic, so another node process sharing the store never reads half a cache.
+    _write_atomically(folder / MANIFEST_FILE, manifest.canonical_json())
+    _write_atomically(folder / MANIFEST_STAT_FILE, json.dumps(stat).encode())
     return manifest
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
 
 
 def model_file_names(folder: Path) -> list[str]:

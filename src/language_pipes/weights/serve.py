@@ -122,6 +122,13 @@ class WeightServer:
         self.bytes_served += len(data)
         return {"ok": True}, data
 
+    async def prepare(self, model_ids: list[str]) -> None:
+        """Build (or load from cache) the manifests of ``model_ids`` before any peer asks."""
+        for model_id in model_ids:
+            served = await asyncio.to_thread(self._served, model_id)
+            if not isinstance(served, str):
+                log.info("serving weights of %s to peers: manifest sha256 %s", model_id, served[0].digest())
+
     def _served(self, model_id: object) -> tuple[Manifest, set[str] | None, dict[str, Piece]] | str:
         """The manifest, held tensors and pieces of a hosted model; a refusal reason otherwise."""
         if not isinstance(model_id, str) or model_id not in self.hosted():
