@@ -379,6 +379,7 @@ class _Run:
         tried = ", ".join(sorted(item.excluded)) or "none"
         reason = f"piece {item.piece.key} failed from every peer that holds it (tried: {tried})"
         self.failure = PeerFetchError(self.manifest.model_id, reason)
+        self.finished.set()
 
 
 def _prepare_files(folder: Path, manifest: Manifest) -> None:
