@@ -125,6 +125,15 @@ def run(tokens: int, threads: int, rtts_ms: list[float], max_draft: int) -> dict
         f"{STREAMS} streams": (mixed, True),
     }
     rows: list[dict[str, object]] = []
+    results: dict[str, object] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
+        "threads": threads,
+        "tokens_per_request": tokens,
+        "speculation_max_tokens": max_draft,
+        "rows": rows,
+    }
     for rtt in rtts_ms:
         route = DelayedRoute(split.segments, rtt / 1000)
         engines = {}
@@ -152,17 +161,11 @@ def run(tokens: int, threads: int, rtts_ms: list[float], max_draft: int) -> dict
                 }
             )
             print(_row(rows[-1]), flush=True)
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.write_text(json.dumps(results, indent=2))  # after every row: a cut-off run keeps its rows
         for scheduler, _ in engines.values():
             scheduler.stop()
-    return {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "machine": platform.machine(),
-        "threads": threads,
-        "tokens_per_request": tokens,
-        "speculation_max_tokens": max_draft,
-        "rows": rows,
-    }
+    return results
 
 
 def _row(row: dict[str, object]) -> str:
@@ -187,9 +190,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"cpu capability {torch.backends.cpu.get_cpu_capability()}, {args.threads} threads")
     print(HEADER)
-    results = run(args.tokens, args.threads, args.rtt_ms, args.max_draft)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
+    run(args.tokens, args.threads, args.rtt_ms, args.max_draft)
     print(f"wrote {RESULTS}")
 
 
