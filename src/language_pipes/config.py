@@ -220,6 +220,8 @@ class NodeConfig(_StrictModel):
     torch_threads: int = Field(default_factory=available_cores, ge=1)
     log_level: LogLevel = "info"
     batch_invariant: bool = False
+    # Micro-batches an origin keeps in flight through a pipe that reaches other machines (one thread each).
+    remote_lanes: int = Field(default=2, ge=1, le=8)
 
     @field_validator(
         "api_keys",

@@ -32,6 +32,7 @@ from language_pipes.network.identity import load_or_create_identity
 from language_pipes.network.peer_network import PeerNetwork
 from language_pipes.network.pins import known_nodes_file
 from language_pipes.network.types import HostedSegment, NodeId, NodeRecord
+from language_pipes.node_metrics import model_states
 from language_pipes.pipes.placement import KV_HEADROOM_TOKENS, LayerSpan, choose_span, layers_that_fit
 from language_pipes.pipes.remote import RemoteSegment
 from language_pipes.pipes.route import LocalHop, Route, SegmentRunner
@@ -114,6 +115,7 @@ class Node:
                 api_keys=list(self.config.api_keys),
                 max_api_jobs=self.config.max_api_jobs,
                 settings=ApiSettings.from_config(self.config),
+                node_state=lambda: model_states(list(self.models.values())),
             )
             self.api_server = ApiServer(app, host=self.config.api_ip, port=self.config.job_port)
             await self.api_server.start()
@@ -158,6 +160,7 @@ class Node:
                     hosted.end_model,
                     lambda m=hosted.model_id: self.route_for(m),
                     aligned_prefill=self.config.batch_invariant,
+                    remote_lanes=self.config.remote_lanes,
                 )
                 hosted.scheduler.start()
                 hosted.generator = ModelGenerator(hosted.end_model, hosted.scheduler)

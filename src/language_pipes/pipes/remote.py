@@ -11,17 +11,20 @@ too: the scheduler counts that hop as lost and moves the route's sequences.
 The deadline is ``step_timeout_s`` plus ``step_timeout_per_token_s`` for each
 token of the step (config keys): a decode step must answer within about 5 s,
 while a 512-token prefill step, which takes some 15 s on a busy two-core CPU,
-gets the time it legitimately needs.
+gets the time it legitimately needs. Every answered step's round trip is
+recorded per peer (``lp_hop_step_seconds`` of ``/metrics``, the TUI's Pipes page).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import torch
 
+from language_pipes import metrics
 from language_pipes.engine.types import SequenceId
 from language_pipes.models.segment import SegmentBatch
 from language_pipes.network.peer_network import PeerNetwork
@@ -95,10 +98,12 @@ class RemoteSegment:
         )
         data = tensor_bytes(hidden.to(self.dtype))
         timeout = self.step_deadline_s(batch)
+        started = time.perf_counter()
         payload = self.network.lane_request(self.node_id, KIND_STEP, header, data, timeout)
         if payload is None:
             request = self.network.request(self.node_id, KIND_STEP, header, data, timeout)
             _, payload = self._call(request, timeout)
+        metrics.record_hop_step(self.node_id, time.perf_counter() - started)
         return tensor_from_bytes(payload, self.dtype, hidden.shape[-1])
 
     def release(self, sequence_id: SequenceId) -> None:
