@@ -56,10 +56,11 @@ class NodeProcess:
     job_port: int
     peer_port: int
     api_keys: list[str] = field(default_factory=list)
+    api_host: str = "127.0.0.1"
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.job_port}/v1"
+        return f"http://{self.api_host}:{self.job_port}/v1"
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_keys[0]}"} if self.api_keys else {}
@@ -138,9 +139,14 @@ class NodeLauncher:
         max_api_jobs: int = 5,
         with_api: bool = True,
         torch_threads: int = 1,
+        command_prefix: tuple[str, ...] = (),
         **settings: Any,
     ) -> NodeProcess:
-        """Start ``language-pipes -c <folder>/<node_id>/node.toml run`` with ``settings`` as extra keys."""
+        """Start ``language-pipes -c <folder>/<node_id>/node.toml run`` with ``settings`` as extra keys.
+
+        ``command_prefix`` runs it elsewhere (``ip netns exec NS``); ``settings`` may set the ports
+        and ``api_ip`` (the API is then reached at that address).
+        """
         node_folder = self.folder / node_id
         app_dir = node_folder / "app"
         app_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +160,8 @@ class NodeLauncher:
             **settings,
         }
         if with_api:
-            config["job_port"] = job_port
+            config.setdefault("job_port", job_port)
+        job_port, peer_port = config.get("job_port", job_port), config["peer_port"]
         config_path = node_folder / "node.toml"
         config_path.write_text(tomlkit.dumps(config))
         log_path = node_folder / "output.log"
@@ -169,7 +176,7 @@ class NodeLauncher:
         }
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(
-                _node_command(config_path),
+                [*command_prefix, *_node_command(config_path)],
                 cwd=node_folder,
                 env=environment,
                 stdout=log_file,
@@ -177,7 +184,15 @@ class NodeLauncher:
                 start_new_session=True,
             )
         node = NodeProcess(
-            node_id, node_folder, config_path, log_path, process, job_port, peer_port, list(api_keys or [])
+            node_id,
+            node_folder,
+            config_path,
+            log_path,
+            process,
+            job_port,
+            peer_port,
+            list(api_keys or []),
+            api_host=str(config.get("api_ip", "127.0.0.1")),
         )
         self.nodes.append(node)
         return node

@@ -30,7 +30,11 @@ from dataclasses import dataclass
 
 _SUBNETS = ipaddress.ip_network("10.213.0.0/16")
 _created = itertools.count()
-PROXY_START_TIMEOUT_S = 30.0
+
+# Every host is a namespace of its own, so every node can use the same ports.
+PEER_PORT = 5000
+LANE_PORT = 5001
+API_PORT = 8000
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,23 @@ class Host:
     def command(self, arguments: list[str]) -> list[str]:
         """``arguments`` run inside this host's namespace."""
         return ["ip", "netns", "exec", self.namespace, *arguments]
+
+
+def node_settings(host: Host, with_api: bool = True) -> dict[str, object]:
+    """Config keys of a node in ``host``: peer and lane ports behind its delay proxy, the API direct.
+
+    The node listens on 127.0.0.1 (inside its namespace) and advertises the host's
+    address, where :meth:`Testbed.start_delay_proxy` listens on the same ports.
+    """
+    settings: dict[str, object] = {
+        "network_ip": host.address,
+        "listen_ip": "127.0.0.1",
+        "peer_port": PEER_PORT,
+        "lane_port": LANE_PORT,
+    }
+    if with_api:
+        settings.update(api_ip=host.address, job_port=API_PORT)
+    return settings
 
 
 def _ip(*arguments: str) -> None:
@@ -82,6 +103,8 @@ def _free_subnet() -> ipaddress.IPv4Network:
 class Testbed:
     """``hosts`` network namespaces on one bridge; a context manager that always cleans up."""
 
+    __test__ = False  # not a pytest test class, despite its name
+
     def __init__(self, hosts: int) -> None:
         if not 1 <= hosts <= 200:
             raise ValueError(f"between 1 and 200 hosts, got {hosts}")
@@ -118,7 +141,9 @@ class Testbed:
         _ip("-n", namespace, "link", "set", inside, "up")
         return Host(index, namespace, address)
 
-    def start_delay_proxy(self, host: Host, ports: list[int], rtt_s: float) -> subprocess.Popen[bytes]:
+    def start_delay_proxy(
+        self, host: Host, rtt_s: float, ports: tuple[int, ...] = (PEER_PORT, LANE_PORT)
+    ) -> subprocess.Popen[bytes]:
         """Proxy ``host.address:PORT`` to ``127.0.0.1:PORT`` in ``host``'s namespace, RTT/2 each way."""
         forwards = [f"{host.address}:{port}=127.0.0.1:{port}" for port in ports]
         command = [sys.executable, "-m", "language_pipes.testbed.delay_proxy"]
