@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 
 import pytest
@@ -74,3 +75,36 @@ async def test_a_refused_target_closes_the_client() -> None:
         writer.close()
     finally:
         await proxy.stop()
+
+
+@pytest.mark.asyncio
+async def test_the_proxy_process_takes_a_new_delay_on_its_standard_input() -> None:
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    target = server.sockets[0].getsockname()[1]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "language_pipes.testbed.delay_proxy",
+        "--delay-ms",
+        "0",
+        f"127.0.0.1:0=127.0.0.1:{target}",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        ready = (await asyncio.wait_for(process.stdout.readline(), 60)).decode().split()
+        assert ready[0] == "READY"
+        process.stdin.write(b"DELAY 50\n")
+        assert (await process.stdout.readline()).decode().split() == ["DELAY", "50"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(ready[1]))
+        started = time.monotonic()
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        assert time.monotonic() - started >= 2 * DELAY_S
+        writer.close()
+    finally:
+        process.kill()
+        await process.wait()
+        server.close()
+        await server.wait_closed()

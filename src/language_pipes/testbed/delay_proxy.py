@@ -12,7 +12,10 @@ Run it as a process (in a network namespace, see :mod:`language_pipes.testbed.ne
 
     python -m language_pipes.testbed.delay_proxy --delay-ms 10 10.0.0.2:5000=127.0.0.1:5000 ...
 
-It prints ``READY`` once every listener is bound and runs until killed.
+It prints ``READY`` once every listener is bound and runs until killed. A line
+``DELAY <ms>`` on its standard input changes the delay of chunks read from then
+on (answered ``DELAY <ms>``); chunks already held keep their time, so nothing
+overtakes anything.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 CHUNK_BYTES = 256 * 1024
@@ -46,8 +51,10 @@ class Forward:
         return cls(listen_host, int(listen_port), target_host, int(target_port))
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: float) -> None:
-    """Copy ``reader`` to ``writer``, each chunk ``delay_s`` after it was read; EOF travels the same way."""
+async def _pump(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay_s: Callable[[], float]
+) -> None:
+    """Copy ``reader`` to ``writer``, each chunk ``delay_s()`` after it was read; EOF travels the same way."""
     held: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
     async def read_side() -> None:
@@ -56,7 +63,7 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
                 chunk = await reader.read(CHUNK_BYTES)
             except ConnectionError:
                 chunk = b""  # a reset reaches the other side as the end of the stream, delayed like data
-            await held.put((time.monotonic() + delay_s, chunk))
+            await held.put((time.monotonic() + delay_s(), chunk))
             if not chunk:
                 return
 
@@ -91,6 +98,9 @@ class DelayProxy:
         self._servers: list[asyncio.Server] = []
         self._connections: set[asyncio.Task[None]] = set()
 
+    def _delay(self) -> float:
+        return self.delay_s
+
     async def start(self) -> None:
         for forward in self.forwards:
             server = await asyncio.start_server(
@@ -124,8 +134,8 @@ class DelayProxy:
                 forward.target_host, forward.target_port
             )
             async with asyncio.TaskGroup() as copies:
-                copies.create_task(_pump(client_reader, target_writer, self.delay_s))
-                copies.create_task(_pump(target_reader, client_writer, self.delay_s))
+                copies.create_task(_pump(client_reader, target_writer, self._delay))
+                copies.create_task(_pump(target_reader, client_writer, self._delay))
         except* OSError:
             pass  # the target refused or a side went away: closing both ends below is all a link does
         finally:
@@ -139,7 +149,15 @@ async def _serve(forwards: list[Forward], delay_s: float) -> None:
     proxy = DelayProxy(forwards, delay_s)
     await proxy.start()
     print("READY", *proxy.ports, flush=True)
-    await asyncio.Event().wait()
+    loop = asyncio.get_running_loop()
+    commands = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
+    while line := await commands.readline():
+        word, _, value = line.decode().strip().partition(" ")
+        if word == "DELAY":
+            proxy.delay_s = float(value) / 1000
+            print("DELAY", value, flush=True)
+    await asyncio.Event().wait()  # standard input closed: keep proxying until killed
 
 
 def main() -> None:

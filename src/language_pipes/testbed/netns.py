@@ -148,13 +148,26 @@ class Testbed:
         forwards = [f"{host.address}:{port}=127.0.0.1:{port}" for port in ports]
         command = [sys.executable, "-m", "language_pipes.testbed.delay_proxy"]
         command += ["--delay-ms", str(rtt_s * 1000 / 2), *forwards]
-        process = subprocess.Popen(host.command(command), stdout=subprocess.PIPE, start_new_session=True)
+        process = subprocess.Popen(
+            host.command(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
+        )
         self._proxies.append(process)
         assert process.stdout is not None
         line = process.stdout.readline().decode()
         if not line.startswith("READY"):
             raise RuntimeError(f"the delay proxy in {host.namespace} did not start (said {line!r})")
         return process
+
+    def set_round_trip(self, rtt_s: float) -> None:
+        """Change every proxy's delay to RTT / 2 per direction (for chunks read from now on)."""
+        milliseconds = f"{rtt_s * 1000 / 2:g}"
+        for process in self._proxies:
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write(f"DELAY {milliseconds}\n".encode())
+            process.stdin.flush()
+            answer = process.stdout.readline().decode().split()
+            if answer != ["DELAY", milliseconds]:
+                raise RuntimeError(f"a delay proxy did not take the new delay (said {answer!r})")
 
     def close(self) -> None:
         """Stop the proxies, kill what still runs in the namespaces, delete namespaces and bridge."""
