@@ -140,12 +140,14 @@ class NodeLauncher:
         with_api: bool = True,
         torch_threads: int = 1,
         command_prefix: tuple[str, ...] = (),
+        environment: dict[str, str | None] | None = None,
         **settings: Any,
     ) -> NodeProcess:
         """Start ``language-pipes -c <folder>/<node_id>/node.toml run`` with ``settings`` as extra keys.
 
         ``command_prefix`` runs it elsewhere (``ip netns exec NS``); ``settings`` may set the ports
-        and ``api_ip`` (the API is then reached at that address).
+        and ``api_ip`` (the API is then reached at that address). ``environment`` overrides the
+        node's environment variables (None removes one).
         """
         node_folder = self.folder / node_id
         app_dir = node_folder / "app"
@@ -165,7 +167,7 @@ class NodeLauncher:
         config_path = node_folder / "node.toml"
         config_path.write_text(tomlkit.dumps(config))
         log_path = node_folder / "output.log"
-        environment = {
+        environment_of_node = {
             **os.environ,
             "LP_MODEL_DIR": str(self.model_dir),
             "LP_APP_DIR": str(app_dir),
@@ -174,11 +176,16 @@ class NodeLauncher:
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
         }
+        for name, value in (environment or {}).items():
+            if value is None:
+                environment_of_node.pop(name, None)
+            else:
+                environment_of_node[name] = value
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(
                 [*command_prefix, *_node_command(config_path)],
                 cwd=node_folder,
-                env=environment,
+                env=environment_of_node,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
