@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from fastapi import APIRouter, Request
 from openai.types.responses import ResponseFunctionToolCall
@@ -89,6 +90,15 @@ def check_request_options(body: ResponsesRequest) -> None:
         raise invalid_request(
             "max_output_tokens, max_completion_tokens and max_tokens were given with different values.",
             param=alias,
+        )
+    if body.background:
+        raise invalid_request(
+            "background responses are not supported: this node answers each request while it is open.",
+            param="background",
+        )
+    if body.top_logprobs:
+        raise invalid_request(
+            "top_logprobs is not supported (logprobs are not supported).", param="top_logprobs"
         )
     output_format = body.output_format()
     structured = output_format is not None and output_format.type != "text"
@@ -194,21 +204,43 @@ async def plan_response(
 
 def response_settings(plan: ResponsePlan) -> ResponseSettings:
     body = plan.body
-    output_format = body.output_format()
+    sampling = plan.generation.sampling
     return ResponseSettings(
         model=body.model,
         instructions=body.instructions,
         tools=plan.tools,
         tool_choice=plan.tool_choice,
         parallel_tool_calls=body.parallel_tool_calls is not False,
-        temperature=plan.generation.sampling.temperature,
-        top_p=plan.generation.sampling.top_p,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        presence_penalty=sampling.presence_penalty,
+        frequency_penalty=sampling.frequency_penalty,
         max_output_tokens=body.requested_max_tokens(),
+        max_tool_calls=body.max_tool_calls,
         previous_response_id=body.previous_response_id,
         metadata=body.metadata,
-        text_format=output_format.model_dump(by_alias=True, exclude_none=True) if output_format else None,
+        text_format=_echoed_format(body),
         store=body.store is not False,
+        safety_identifier=body.safety_identifier,
+        prompt_cache_key=body.prompt_cache_key,
+        user=body.user,
     )
+
+
+def _echoed_format(body: ResponsesRequest) -> dict[str, Any] | None:
+    """``text.format`` as the response echoes it: a json_schema format with ``description`` and ``strict``.
+
+    Both are always present (``None`` / ``False``, OpenAI's defaults, when not sent), as the Open
+    Responses schema requires the keys.
+    """
+    output_format = body.output_format()
+    if output_format is None:
+        return None
+    echoed = output_format.model_dump(by_alias=True, exclude_none=True)
+    if isinstance(output_format, TextFormatJsonSchema):
+        echoed["description"] = output_format.description
+        echoed["strict"] = bool(output_format.strict)
+    return echoed
 
 
 # ---------------------------------------------------------------- store

@@ -196,6 +196,12 @@ class ResponsesRequest(SamplingFields):
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
     service_tier: Literal["auto", "default"] | None = None
+    # Accepted so clients may send their defaults; anything else is refused by check_request_options
+    # (nothing runs in the background, and no log probabilities are computed).
+    background: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    # The most function calls one response may carry (calls past it are dropped).
+    max_tool_calls: Annotated[int, Field(ge=1)] | None = None
 
     def requested_max_tokens(self) -> int | None:
         for value in (self.max_output_tokens, self.max_completion_tokens, self.max_tokens):

@@ -65,9 +65,20 @@ def new_item_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(16)}"
 
 
+def _whole_seconds(response: dict[str, Any]) -> dict[str, Any]:
+    """Timestamps as JSON integers, as OpenAI sends them (the SDK's model types them as floats)."""
+    for key in ("created_at", "completed_at"):
+        if isinstance(response.get(key), float):
+            response[key] = int(response[key])
+    return response
+
+
 def event_frame(event: ResponseStreamEvent) -> str:
     """The SSE frame of one event (named, as OpenAI sends them)."""
-    return sse_event(event.model_dump(mode="json", exclude_unset=True), event=event.type)
+    data = event.model_dump(mode="json", exclude_unset=True, by_alias=True)
+    if isinstance(data.get("response"), dict):
+        _whole_seconds(data["response"])
+    return sse_event(data, event=event.type)
 
 
 @dataclass
@@ -79,13 +90,19 @@ class ResponseSettings:
     tools: list[tool_calls.FunctionTool] = field(default_factory=list)
     tool_choice: tool_calls.ToolChoice = "auto"
     parallel_tool_calls: bool = True
-    temperature: float | None = None
-    top_p: float | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     max_output_tokens: int | None = None
+    max_tool_calls: int | None = None
     previous_response_id: str | None = None
     metadata: dict[str, str] | None = None
     text_format: dict[str, Any] | None = None
     store: bool = True
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    user: str | None = None
 
 
 def _tool_choice_value(choice: tool_calls.ToolChoice) -> Any:
@@ -118,6 +135,8 @@ class ResponseBuilder:
         self.status: Literal["in_progress", "completed", "incomplete", "failed"] = "in_progress"
         self.usage: ResponseUsage | None = None
         self.error: ResponseError | None = None
+        # Set when the response ends with status "completed" (as in OpenAI's objects).
+        self.completed_at: int | None = None
 
     # ---------------------------------------------------------------- snapshot
 
@@ -145,6 +164,21 @@ class ResponseBuilder:
             "error": self.error,
             "usage": self.usage,
             "text": ResponseTextConfig.model_validate({"format": settings.text_format or {"type": "text"}}),
+            "completed_at": self.completed_at,
+            "presence_penalty": settings.presence_penalty,
+            "frequency_penalty": settings.frequency_penalty,
+            "max_tool_calls": settings.max_tool_calls,
+            "store": settings.store,
+            "safety_identifier": settings.safety_identifier,
+            "prompt_cache_key": settings.prompt_cache_key,
+            "user": settings.user,
+            # What this server does, whatever was asked: no reasoning controls, the whole prompt or a
+            # 400, no log probabilities, the answer while the request is open, one service tier.
+            "reasoning": None,
+            "truncation": "disabled",
+            "top_logprobs": 0,
+            "background": False,
+            "service_tier": "default",
         }
         return Response.model_validate(fields)
 
@@ -160,7 +194,7 @@ class ResponseBuilder:
 
     def body(self) -> dict[str, Any]:
         """The final JSON body (with the SDK's convenience ``output_text`` added, as the seed documents)."""
-        body = self.snapshot().model_dump(mode="json", exclude_unset=True)
+        body = _whole_seconds(self.snapshot().model_dump(mode="json", exclude_unset=True, by_alias=True))
         body["output_text"] = self.output_text
         return body
 
@@ -199,6 +233,7 @@ class ResponseBuilder:
             total_tokens=input_tokens + output_tokens,
         )
         if status == "completed":
+            self.completed_at = int(time.time())
             events.append(
                 ResponseCompletedEvent(
                     type="response.completed", sequence_number=self._next(), response=self.snapshot()
