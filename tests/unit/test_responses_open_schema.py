@@ -125,7 +125,7 @@ def test_response_fields_are_the_honest_values() -> None:
     assert body["background"] is False and body["top_logprobs"] == 0 and body["truncation"] == "disabled"
     assert body["service_tier"] == "default" and body["max_tool_calls"] == 3
     assert body["safety_identifier"] == "user-7" and body["prompt_cache_key"] == "pk"
-    assert body["store"] is True and body["reasoning"] is None
+    assert body["store"] is True and body["reasoning"] == {"effort": None, "summary": None}
     assert isinstance(body["completed_at"], int) and body["completed_at"] >= body["created_at"]
     incomplete = post(client, max_output_tokens=1).json()
     assert incomplete["status"] == "incomplete" and incomplete["completed_at"] is None

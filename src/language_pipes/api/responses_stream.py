@@ -163,7 +163,9 @@ class ResponseBuilder:
             ),
             "error": self.error,
             "usage": self.usage,
-            "text": ResponseTextConfig.model_validate({"format": settings.text_format or {"type": "text"}}),
+            "text": ResponseTextConfig.model_validate(
+                {"format": settings.text_format or {"type": "text"}, "verbosity": "medium"}
+            ),
             "completed_at": self.completed_at,
             "presence_penalty": settings.presence_penalty,
             "frequency_penalty": settings.frequency_penalty,
@@ -174,7 +176,7 @@ class ResponseBuilder:
             "user": settings.user,
             # What this server does, whatever was asked: no reasoning controls, the whole prompt or a
             # 400, no log probabilities, the answer while the request is open, one service tier.
-            "reasoning": None,
+            "reasoning": {"effort": None, "summary": None},
             "truncation": "disabled",
             "top_logprobs": 0,
             "background": False,
