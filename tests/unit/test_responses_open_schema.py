@@ -164,3 +164,32 @@ def test_max_tool_calls_caps_the_calls() -> None:
     assert [item["type"] for item in uncapped["output"]] == ["function_call", "function_call"]
     assert [item["type"] for item in capped["output"]] == ["function_call"]
     assert json.loads(capped["output"][0]["arguments"]) == {"city": "Chicago"}
+
+
+def test_codex_request_fields_are_accepted_and_echoed() -> None:
+    """The fields Codex sends on every request (captured from codex-cli 0.171.0)."""
+    client, _ = make_client(["o", "k"])
+    body = post(
+        client,
+        reasoning={"summary": "auto"},
+        include=["reasoning.encrypted_content"],
+        client_metadata={"session_id": "s-1", "turn_id": "t-1"},
+        store=False,
+        prompt_cache_key="s-1",
+        parallel_tool_calls=True,
+        tool_choice="auto",
+        tools=[WEATHER_TOOL],
+    )
+    assert body.status_code == 200, body.text
+    validate_response(body.json())
+    assert body.json()["reasoning"] == {"effort": None, "summary": "auto"}
+    assert post(client, reasoning={}).json()["reasoning"] == {"effort": None, "summary": None}
+    for extra, param in [
+        ({"reasoning": {"effort": "high"}}, "reasoning"),
+        ({"reasoning": {"summary": "concise"}}, "reasoning.summary"),
+        ({"include": ["message.output_text.logprobs"]}, "include[0]"),
+        ({"client_metadata": {"k": 1}}, "client_metadata.k"),
+    ]:
+        response = post(client, **extra)
+        assert response.status_code == 400, (extra, response.text)
+        assert response.json()["error"]["param"] == param, (extra, response.json())

@@ -96,6 +96,10 @@ def check_request_options(body: ResponsesRequest) -> None:
             "background responses are not supported: this node answers each request while it is open.",
             param="background",
         )
+    if body.reasoning is not None and body.reasoning.effort is not None:
+        raise invalid_request(
+            "reasoning.effort is not supported: the model's reasoning cannot be steered.", param="reasoning"
+        )
     if body.top_logprobs:
         raise invalid_request(
             "top_logprobs is not supported (logprobs are not supported).", param="top_logprobs"
@@ -224,6 +228,7 @@ def response_settings(plan: ResponsePlan) -> ResponseSettings:
         safety_identifier=body.safety_identifier,
         prompt_cache_key=body.prompt_cache_key,
         user=body.user,
+        reasoning_summary=body.reasoning_summary(),
     )
 
 

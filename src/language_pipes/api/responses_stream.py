@@ -103,6 +103,7 @@ class ResponseSettings:
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
     user: str | None = None
+    reasoning_summary: str | None = None
 
 
 def _tool_choice_value(choice: tool_calls.ToolChoice) -> Any:
@@ -176,7 +177,7 @@ class ResponseBuilder:
             "user": settings.user,
             # What this server does, whatever was asked: no reasoning controls, the whole prompt or a
             # 400, no log probabilities, the answer while the request is open, one service tier.
-            "reasoning": {"effort": None, "summary": None},
+            "reasoning": {"effort": None, "summary": settings.reasoning_summary},
             "truncation": "disabled",
             "top_logprobs": 0,
             "background": False,

@@ -1,0 +1,131 @@
+"""The Codex CLI (``codex exec``, ``wire_api = "responses"``) against this server's /v1/responses.
+
+Codex only speaks the Responses API, streamed; it needs every stream to end
+with ``response.completed`` (with the response id and usage) and whole items
+in ``response.output_item.done`` (messages, and function calls, which it then
+runs and answers with ``function_call_output``).
+
+The server is the real app on a real socket; the model behind it is scripted,
+for two reasons written down here: Codex has no setting for ``tool_choice``
+(it always sends ``"auto"``), so only a scripted answer makes "the model calls
+a tool" certain; and its smallest request (instructions, four tools) is about
+two thousand prompt tokens, which the default model prefills too slowly on a
+CI machine for the test budget. What is tested is the protocol between Codex
+and the server, not a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from language_pipes.api.app import create_app
+from language_pipes.engine.types import GenerationEvent, GenerationRequest
+from support.codex_cli import CODEX_VERSION, codex_binary, run_codex
+from support.node_process import free_port
+from support.scripted_engine import ScriptedCatalog, ScriptedGenerator
+
+pytestmark = pytest.mark.slow
+
+MODEL = "scripted/codex-model"
+API_KEY = "codex-key"
+MARKER = "lp-codex-ok"
+SHELL_CALL = json.dumps({"name": "exec_command", "arguments": {"cmd": f"echo {MARKER}"}})
+
+
+class TurnScript(ScriptedGenerator):
+    """Answers with ``first`` until a tool result is in the conversation, then with ``after_tool``."""
+
+    def __init__(self, first: str, after_tool: str) -> None:
+        super().__init__(MODEL, list(first), context_length=200_000)
+        self.first = list(first)
+        self.after_tool = list(after_tool)
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        seen_tool_result = any("exec_command" in str(m["content"]) for m in self.last_messages[1:])
+        self.pieces = self.after_tool if seen_tool_result and len(self.records) > 0 else self.first
+        return super().generate(request)
+
+
+class AppServer:
+    """The API app served by uvicorn in a background thread."""
+
+    def __init__(self, generator: ScriptedGenerator) -> None:
+        app = create_app(ScriptedCatalog(generator), api_keys=[API_KEY], max_api_jobs=4)
+        self.port = free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> AppServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the API server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[AppServer, TurnScript]]:
+    generator = TurnScript(SHELL_CALL, "The command printed the marker.")
+    with AppServer(generator) as server:
+        yield server, generator
+
+
+def test_codex_binary_is_the_pinned_one() -> None:
+    binary = codex_binary()
+    assert binary.exists(), f"{binary} is missing: scripts/setup.sh installs it"
+    version = subprocess.run(
+        [str(binary), "--version"], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert version.stdout.strip() == f"codex-cli {CODEX_VERSION}"
+
+
+def test_codex_exec_plain_answer_completes(tmp_path: Path) -> None:
+    generator = TurnScript("Hello from the node.", "unused")
+    with AppServer(generator) as server:
+        run = run_codex(tmp_path, base_url=server.base_url, model=MODEL, api_key=API_KEY, prompt="Say hi.")
+    assert run.returncode == 0, run.describe()
+    assert run.of_type("turn.completed") and not run.of_type("turn.failed"), run.describe()
+    assert not run.of_type("error"), run.describe()
+    messages = run.completed_items("agent_message")
+    assert [item["text"] for item in messages] == ["Hello from the node."], run.describe()
+    usage = run.of_type("turn.completed")[0]["usage"]
+    assert usage["input_tokens"] > 0 and usage["output_tokens"] == len("Hello from the node.")
+
+
+def test_codex_exec_runs_a_well_formed_tool_call(
+    tmp_path: Path, served: tuple[AppServer, TurnScript]
+) -> None:
+    server, generator = served
+    run = run_codex(
+        tmp_path, base_url=server.base_url, model=MODEL, api_key=API_KEY, prompt=f"Run: echo {MARKER}"
+    )
+    assert run.returncode == 0, run.describe()
+    assert run.of_type("turn.completed") and not run.of_type("error"), run.describe()
+    commands = run.completed_items("command_execution")
+    assert len(commands) == 1 and MARKER in commands[0]["command"], run.describe()
+    assert commands[0]["exit_code"] == 0 and MARKER in commands[0]["aggregated_output"], run.describe()
+    # Codex answered the call: its result is in the second request's conversation.
+    assert len(generator.records) == 2, run.describe()
+    assert [item["text"] for item in run.completed_items("agent_message")] == [
+        "The command printed the marker."
+    ], run.describe()
