@@ -64,7 +64,8 @@ from language_pipes.api.responses_schemas import (
     TextFormatJsonObject,
     TextFormatJsonSchema,
 )
-from language_pipes.api.responses_stream import ResponseBuilder, ResponseSettings, event_frame
+from language_pipes.api.responses_settings import ResponseSettings
+from language_pipes.api.responses_stream import ResponseBuilder, event_frame
 from language_pipes.api.settings import api_settings
 from language_pipes.api.sse import SSE_DONE, EventStreamResponse, cancel_on_disconnect
 from language_pipes.engine.constraints import (

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from openai.types.responses import (
-    FunctionTool,
     Response,
     ResponseCompletedEvent,
     ResponseContentPartAddedEvent,
@@ -43,7 +41,6 @@ from openai.types.responses import (
     ResponseReasoningSummaryTextDeltaEvent,
     ResponseReasoningSummaryTextDoneEvent,
     ResponseStreamEvent,
-    ResponseTextConfig,
     ResponseTextDeltaEvent,
     ResponseTextDoneEvent,
     ResponseUsage,
@@ -55,6 +52,7 @@ from openai.types.responses.response_reasoning_summary_part_done_event import Pa
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
 from language_pipes.api import tool_calls
+from language_pipes.api.responses_settings import ResponseSettings, echoed_fields, whole_seconds
 from language_pipes.api.sse import sse_event
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
@@ -65,61 +63,12 @@ def new_item_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(16)}"
 
 
-def _whole_seconds(response: dict[str, Any]) -> dict[str, Any]:
-    """Timestamps as JSON integers, as OpenAI sends them (the SDK's model types them as floats)."""
-    for key in ("created_at", "completed_at"):
-        if isinstance(response.get(key), float):
-            response[key] = int(response[key])
-    return response
-
-
 def event_frame(event: ResponseStreamEvent) -> str:
     """The SSE frame of one event (named, as OpenAI sends them)."""
     data = event.model_dump(mode="json", exclude_unset=True, by_alias=True)
     if isinstance(data.get("response"), dict):
-        _whole_seconds(data["response"])
+        whole_seconds(data["response"])
     return sse_event(data, event=event.type)
-
-
-@dataclass
-class ResponseSettings:
-    """The request settings a ``Response`` object echoes back."""
-
-    model: str
-    instructions: str | None = None
-    tools: list[tool_calls.FunctionTool] = field(default_factory=list)
-    tool_choice: tool_calls.ToolChoice = "auto"
-    parallel_tool_calls: bool = True
-    temperature: float = 1.0
-    top_p: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    max_output_tokens: int | None = None
-    max_tool_calls: int | None = None
-    previous_response_id: str | None = None
-    metadata: dict[str, str] | None = None
-    text_format: dict[str, Any] | None = None
-    store: bool = True
-    safety_identifier: str | None = None
-    prompt_cache_key: str | None = None
-    user: str | None = None
-    reasoning_summary: str | None = None
-
-
-def _tool_choice_value(choice: tool_calls.ToolChoice) -> Any:
-    if isinstance(choice, tool_calls.ForcedTool):
-        return {"type": "function", "name": choice.name}
-    return choice
-
-
-def _tool_value(tool: tool_calls.FunctionTool) -> FunctionTool:
-    return FunctionTool(
-        type="function",
-        name=tool.name,
-        description=tool.description,
-        parameters=tool.parameters,
-        strict=tool.strict,
-    )
 
 
 class ResponseBuilder:
@@ -150,38 +99,13 @@ class ResponseBuilder:
             "model": settings.model,
             "status": self.status,
             "output": [item.model_copy(deep=True) for item in self.output],
-            "parallel_tool_calls": settings.parallel_tool_calls,
-            "tool_choice": _tool_choice_value(settings.tool_choice),
-            "tools": [_tool_value(tool) for tool in settings.tools],
-            "instructions": settings.instructions,
-            "metadata": settings.metadata or {},
-            "temperature": settings.temperature,
-            "top_p": settings.top_p,
-            "max_output_tokens": settings.max_output_tokens,
-            "previous_response_id": settings.previous_response_id,
             "incomplete_details": (
                 IncompleteDetails(reason="max_output_tokens") if self.status == "incomplete" else None
             ),
             "error": self.error,
             "usage": self.usage,
-            "text": ResponseTextConfig.model_validate(
-                {"format": settings.text_format or {"type": "text"}, "verbosity": "medium"}
-            ),
             "completed_at": self.completed_at,
-            "presence_penalty": settings.presence_penalty,
-            "frequency_penalty": settings.frequency_penalty,
-            "max_tool_calls": settings.max_tool_calls,
-            "store": settings.store,
-            "safety_identifier": settings.safety_identifier,
-            "prompt_cache_key": settings.prompt_cache_key,
-            "user": settings.user,
-            # What this server does, whatever was asked: no reasoning controls, the whole prompt or a
-            # 400, no log probabilities, the answer while the request is open, one service tier.
-            "reasoning": {"effort": None, "summary": settings.reasoning_summary},
-            "truncation": "disabled",
-            "top_logprobs": 0,
-            "background": False,
-            "service_tier": "default",
+            **echoed_fields(settings),
         }
         return Response.model_validate(fields)
 
@@ -197,7 +121,7 @@ class ResponseBuilder:
 
     def body(self) -> dict[str, Any]:
         """The final JSON body (with the SDK's convenience ``output_text`` added, as the seed documents)."""
-        body = _whole_seconds(self.snapshot().model_dump(mode="json", exclude_unset=True, by_alias=True))
+        body = whole_seconds(self.snapshot().model_dump(mode="json", exclude_unset=True, by_alias=True))
         body["output_text"] = self.output_text
         return body
 
