@@ -16,21 +16,16 @@ and the server, not a model.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
-from language_pipes.api.app import create_app
 from language_pipes.engine.types import GenerationEvent, GenerationRequest
+from support.app_server import AppServer
 from support.codex_cli import CODEX_VERSION, codex_binary, run_codex
-from support.node_process import free_port
 from support.scripted_engine import ScriptedCatalog, ScriptedGenerator
 
 pytestmark = pytest.mark.slow
@@ -55,38 +50,10 @@ class TurnScript(ScriptedGenerator):
         return super().generate(request)
 
 
-class AppServer:
-    """The API app served by uvicorn in a background thread."""
-
-    def __init__(self, generator: ScriptedGenerator) -> None:
-        app = create_app(ScriptedCatalog(generator), api_keys=[API_KEY], max_api_jobs=4)
-        self.port = free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def __enter__(self) -> AppServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "the API server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture
 def served() -> Iterator[tuple[AppServer, TurnScript]]:
     generator = TurnScript(SHELL_CALL, "The command printed the marker.")
-    with AppServer(generator) as server:
+    with AppServer(ScriptedCatalog(generator), api_keys=[API_KEY]) as server:
         yield server, generator
 
 
@@ -101,7 +68,7 @@ def test_codex_binary_is_the_pinned_one() -> None:
 
 def test_codex_exec_plain_answer_completes(tmp_path: Path) -> None:
     generator = TurnScript("Hello from the node.", "unused")
-    with AppServer(generator) as server:
+    with AppServer(ScriptedCatalog(generator), api_keys=[API_KEY]) as server:
         run = run_codex(tmp_path, base_url=server.base_url, model=MODEL, api_key=API_KEY, prompt="Say hi.")
     assert run.returncode == 0, run.describe()
     assert run.of_type("turn.completed") and not run.of_type("turn.failed"), run.describe()

@@ -8,12 +8,16 @@ Which side wins where they disagree is written there.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from language_pipes.api.app import create_app
+from language_pipes.api.settings import ApiSettings
+from support.app_server import AppServer
 from support.open_responses import parse_sse, validate_response, validate_stream
 from support.scripted_engine import ScriptedCatalog, ScriptedGenerator
 
@@ -193,3 +197,41 @@ def test_codex_request_fields_are_accepted_and_echoed() -> None:
         response = post(client, **extra)
         assert response.status_code == 400, (extra, response.text)
         assert response.json()["error"]["param"] == param, (extra, response.json())
+
+
+def test_a_quiet_stream_repeats_in_progress() -> None:
+    """A buffered tool answer sends nothing until the end; heartbeats keep idle-timeout clients waiting."""
+    generator = ScriptedGenerator(MODEL, [CALL_TEXT[:20], CALL_TEXT[20:]], delay_seconds=0.5)
+    app = create_app(
+        ScriptedCatalog(generator),
+        api_keys=[],
+        max_api_jobs=5,
+        settings=ApiSettings(stream_heartbeat_seconds=0.1),
+    )
+    client = TestClient(app, raise_server_exceptions=False, base_url="http://localhost")
+    streamed = post(client, stream=True, tools=[WEATHER_TOOL])
+    assert streamed.status_code == 200, streamed.text
+    events = validate_stream(parse_sse(streamed.text))
+    types = [event["type"] for event in events]
+    assert types.count("response.in_progress") >= 3, types
+    assert types[-1] == "response.completed"
+    assert events[-1]["response"]["output"][0]["type"] == "function_call"
+    first_item = types.index("response.output_item.added")
+    assert all(kind == "response.in_progress" for kind in types[1:first_item])
+
+
+def test_leaving_a_stream_between_heartbeats_stops_the_generation() -> None:
+    generator = ScriptedGenerator(MODEL, ["x"] * 400, delay_seconds=0.2)
+    settings = ApiSettings(stream_heartbeat_seconds=0.05)
+    with AppServer(ScriptedCatalog(generator), api_keys=[], settings=settings) as server:
+        body = {"model": MODEL, "input": "Hi", "stream": True, "tools": [WEATHER_TOOL]}
+        with httpx.stream("POST", f"{server.base_url}/responses", json=body, timeout=30) as response:
+            lines = response.iter_lines()
+            heartbeats = 0
+            while heartbeats < 4:
+                heartbeats += next(lines) == "event: response.in_progress"
+        deadline = time.monotonic() + 20
+        while not generator.records[0].closed.is_set():
+            assert time.monotonic() < deadline, "the generation kept running after the client left"
+            time.sleep(0.05)
+    assert not generator.records[0].completed

@@ -23,6 +23,7 @@ How output is streamed depends on what it can be:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -76,7 +77,13 @@ from language_pipes.engine.constraints import (
     json_schema_constraint,
     tool_call_constraint,
 )
-from language_pipes.engine.types import GenerationEvent, GenerationRequest, TextDelta, TextGenerator
+from language_pipes.engine.types import (
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    TextDelta,
+    TextGenerator,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -305,6 +312,33 @@ async def _compose_whole(generator: TextGenerator, plan: ResponsePlan, composer:
         await events.aclose()
 
 
+_HEARTBEAT = object()
+
+
+async def _events_with_heartbeats(
+    started: StartedGeneration, interval: float
+) -> AsyncIterator[GenerationEvent | object | None]:
+    """The engine's events (``None`` when it ends early), and ``_HEARTBEAT`` for each quiet ``interval``."""
+    yield started.first_event
+    if not isinstance(started.first_event, TextDelta):
+        return
+    while True:
+        pending = asyncio.ensure_future(_next_event(started.events))
+        try:
+            while not (await asyncio.wait({pending}, timeout=interval))[0]:
+                yield _HEARTBEAT
+        finally:
+            if not pending.done():
+                # The stream is being closed mid-wait: stop reading the engine before it is closed.
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pending
+        event = pending.result()
+        yield event
+        if event is None or not isinstance(event, TextDelta):
+            return
+
+
 async def _stream_frames(
     request: Request,
     plan: ResponsePlan,
@@ -315,18 +349,21 @@ async def _stream_frames(
     composer = OutputComposer(builder, plan)
     for event in builder.start():
         yield event_frame(event)
-    current: GenerationEvent | None = started.first_event
+    current: GenerationEvent | object | None = None
+    events = _events_with_heartbeats(started, api_settings(request).stream_heartbeat_seconds)
     try:
-        while current is not None:
-            if isinstance(current, TextDelta):
+        async for current in events:
+            if current is _HEARTBEAT:
+                for event in builder.heartbeat():
+                    yield event_frame(event)
+            elif isinstance(current, TextDelta):
                 for event in composer.on_delta(current):
                     yield event_frame(event)
-            else:
+            elif current is not None:
+                assert isinstance(current, Finished)
                 for event in composer.on_finished(current):
                     yield event_frame(event)
                 remember(request, plan, builder, client)
-                break
-            current = await _next_event(started.events)
         if current is None:
             for event in builder.fail(generation_failed("the engine ended without Finished").message):
                 yield event_frame(event)
@@ -335,6 +372,8 @@ async def _stream_frames(
         logger.exception("request %s: generation failed during a responses stream", current_request_id())
         for event in builder.fail(generation_failed("unexpected exception during a stream").message):
             yield event_frame(event)
+    finally:
+        await events.aclose()
     yield SSE_DONE
 
 

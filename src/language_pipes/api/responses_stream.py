@@ -146,6 +146,14 @@ class ResponseBuilder:
             ),
         ]
 
+    def heartbeat(self) -> list[ResponseStreamEvent]:
+        """``response.in_progress`` again: a stream that is busy but has nothing new to send."""
+        return [
+            ResponseInProgressEvent(
+                type="response.in_progress", sequence_number=self._next(), response=self.snapshot()
+            )
+        ]
+
     def finish(
         self, status: EndStatus, *, input_tokens: int, output_tokens: int, reasoning_tokens: int = 0
     ) -> list[ResponseStreamEvent]:
