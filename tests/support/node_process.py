@@ -31,6 +31,7 @@ DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 STARTUP_TIMEOUT_SECONDS = 420.0
 OUTPUT_TAIL_CHARACTERS = 6000
 STOP_TIMEOUT_SECONDS = 15.0
+SERVING_POLL_SECONDS = 0.2  # a GET of /v1/models each time: cheap for the node, and no half second lost
 
 
 def free_port() -> int:
@@ -97,6 +98,25 @@ class NodeProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(STOP_TIMEOUT_SECONDS)
 
+    def wait_until_answering(self, timeout: float = STARTUP_TIMEOUT_SECONDS) -> None:
+        """Block until the node's API answers ``GET /v1/models`` at all (whatever it lists)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.is_running():
+                raise AssertionError(
+                    f"node {self.node_id} exited with {self.process.returncode} before its API "
+                    f"answered:\n{self.output()}"
+                )
+            try:
+                httpx.get(f"{self.base_url}/models", headers=self.auth_headers(), timeout=5)
+                return
+            except httpx.HTTPError:
+                # Not listening yet: the node is still loading its models.
+                time.sleep(SERVING_POLL_SECONDS)
+        raise AssertionError(
+            f"node {self.node_id}'s API did not answer within {timeout:.0f} s:\n{self.output()}"
+        )
+
     def wait_until_serving(
         self, model_id: str = DEFAULT_MODEL, timeout: float = STARTUP_TIMEOUT_SECONDS
     ) -> None:
@@ -118,7 +138,7 @@ class NodeProcess:
             except (httpx.HTTPError, ValueError) as error:
                 # Not listening yet (connection refused) or not answering JSON yet: keep waiting.
                 last_problem = repr(error)
-            time.sleep(0.5)
+            time.sleep(SERVING_POLL_SECONDS)
         raise AssertionError(
             f"node {self.node_id} did not list {model_id} within {timeout:.0f} s "
             f"(last answer: {last_problem}):\n{self.output()}"
