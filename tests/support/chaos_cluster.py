@@ -2,10 +2,14 @@
 
 Built on :class:`support.node_process.NodeLauncher`. An end node serves the
 API; layer nodes join it by bootstrap. A layer node is started one at a time
-(each waits until it is running, so placement sees what the earlier ones
-claimed) and can be:
+(each waits until the previous one announced the layers it claims, so placement
+sees what the earlier ones took; their loads overlap) and can be:
 
 * killed with ``SIGKILL`` (:meth:`ChaosCluster.kill`), a crash or power loss;
+* frozen with ``SIGSTOP`` and thawed with ``SIGCONT`` (:meth:`ChaosCluster.freeze`,
+  :meth:`ChaosCluster.thaw`): connected but silent, a hung machine;
+* slowed (:meth:`ChaosCluster.slow`): stopped 80% of the time by a duty cycle
+  (support/disturbances.py), an overloaded machine;
 * drained with ``SIGTERM`` (:meth:`ChaosCluster.terminate`), a graceful leave;
 * restarted with the very same config file, ports and identity
   (:meth:`ChaosCluster.restart`), each run logging to its own file so the
@@ -39,6 +43,7 @@ import psutil
 from openai import OpenAI
 
 from language_pipes.cli import new_network_key
+from support.disturbances import SlowDown, freeze, thaw
 from support.node_process import DEFAULT_MODEL, NodeLauncher, NodeProcess
 
 HALF_LAYERS_GIGABYTES = 0.3  # 15 of the default model's layers (see test_pipes_three_node)
@@ -46,10 +51,12 @@ ALL_LAYERS_GIGABYTES = 0.6  # every shared layer, 1-29
 NUM_LAYERS = 30  # the default model's decoder layers
 FIRST_SHARED_LAYER = 1  # layer 0 lives in the end model
 RUNNING_LINE = re.compile(r"node \S+ is running")
+PEER_NETWORK_LINE = re.compile(r"peer network on port")
 LAYER_LINE = re.compile(r"loading layers (\d+)-(\d+) of (\S+)")
 NODE_START_TIMEOUT_SECONDS = 300.0
 
 LayerState = Literal["starting", "serving", "dead"]
+Disturbance = Literal["frozen", "slow"]
 Outcome = Literal["completed", "failed", "hung"]
 
 
@@ -63,6 +70,9 @@ class LayerNode:
     state: LayerState = "starting"
     runs: int = 1
     layers: range | None = None
+    # Set while the node is frozen or slowed; None while it runs normally.
+    disturbance: Disturbance | None = None
+    slow_down: SlowDown | None = None
 
     def log_text(self) -> str:
         try:
@@ -141,6 +151,31 @@ class ChaosCluster:
         self._wait_for_api(self.end)
         return self.end
 
+    def start_layer_nodes(self, nodes: Iterable[tuple[str, float]]) -> list[LayerNode]:
+        """Start layer nodes ``(name, memory)`` with overlapping loads; return once all serve.
+
+        Each node starts as soon as the previous one has announced the layers it
+        claims (placement sees claims before they load), so the nodes' imports and
+        weight loads overlap instead of running one after another.
+        """
+        started: list[LayerNode] = []
+        for name, memory in nodes:
+            if started:
+                self._wait_for_claim(started[-1])
+            started.append(self.add_layer_node(name, memory, wait=False))
+        for node in started:
+            self.wait_serving(node)
+        return started
+
+    def _wait_for_claim(self, node: LayerNode, timeout: float = NODE_START_TIMEOUT_SECONDS) -> None:
+        deadline = time.monotonic() + timeout
+        while LAYER_LINE.search(node.log_text()) is None:
+            if not node.process.is_running():
+                raise AssertionError(f"{node.name} exited while starting:\n{node.log_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{node.name} claimed no layers within {timeout:.0f} s")
+            time.sleep(0.1)
+
     def add_layer_node(self, name: str, memory_gigabytes: float, *, wait: bool = True) -> LayerNode:
         """Start a layer node bootstrapping to the end node; by default wait until it serves its layers."""
         assert self.end is not None, "start the end node first"
@@ -191,10 +226,36 @@ class ChaosCluster:
 
     def kill(self, node: LayerNode) -> None:
         """SIGKILL the node's process group: no goodbye, no drained sequences."""
+        self.undisturb(node)
         with contextlib.suppress(ProcessLookupError):  # it already exited
             os.killpg(node.process.process.pid, signal.SIGKILL)
         node.process.process.wait(10)
         node.state = "dead"
+
+    def freeze(self, node: LayerNode) -> None:
+        """SIGSTOP the node: its sockets stay open, it answers nothing (see :meth:`thaw`)."""
+        assert node.disturbance is None, f"{node.name} is already {node.disturbance}"
+        freeze(node.process.process.pid)
+        node.disturbance = "frozen"
+
+    def slow(self, node: LayerNode) -> None:
+        """Stop the node 80% of the time until :meth:`undisturb` (support/disturbances.py)."""
+        assert node.disturbance is None, f"{node.name} is already {node.disturbance}"
+        node.slow_down = SlowDown(node.process.process.pid).start()
+        node.disturbance = "slow"
+
+    def thaw(self, node: LayerNode) -> None:
+        """SIGCONT a frozen node (the same as :meth:`undisturb`)."""
+        self.undisturb(node)
+
+    def undisturb(self, node: LayerNode) -> None:
+        """End a freeze or a slow-down: the node runs normally again."""
+        if node.slow_down is not None:
+            node.slow_down.stop()
+            node.slow_down = None
+        if node.disturbance is not None:
+            thaw(node.process.process.pid)
+        node.disturbance = None
 
     def terminate(self, node: LayerNode) -> None:
         """SIGTERM the node (a graceful leave); returns at once, see :meth:`wait_exit`."""
@@ -245,11 +306,17 @@ class ChaosCluster:
         return [node for node in self.layers if node.refresh() == "serving"]
 
     def can_lose(self, node: LayerNode) -> bool:
-        """True when the other serving nodes still cover every shared layer without ``node``."""
-        others = [n.layers for n in self.serving() if n is not node and n.layers is not None]
+        """True when the other serving, unfrozen nodes still cover every shared layer without ``node``."""
+        others = [
+            n.layers
+            for n in self.serving()
+            if n is not node and n.layers is not None and n.disturbance != "frozen"
+        ]
         return covers_all_layers(r for r in others if r is not None)
 
     def stop_all(self) -> None:
+        for node in self.layers:
+            self.undisturb(node)
         self.launcher.stop_all()
 
 
