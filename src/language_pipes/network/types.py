@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, NewType
 
 from language_pipes.network.limits import (
@@ -42,8 +43,48 @@ class PeerRequestTimeout(NetworkError, TimeoutError):
     """A request got no reply within its timeout."""
 
 
+class RefusalKind(StrEnum):
+    """Why a node refused a request: a closed set, sent in the error reply's header as ``refusal``.
+
+    The requester maps a kind to its own words; the peer's free text is only
+    ever logged, never shown to a client.
+    """
+
+    BUSY = "busy"  # the requester already holds as many sequences there as the node allows
+    NO_MEMORY = "no_memory"  # the node cannot reserve the memory the request needs
+    LEAVING = "leaving"  # the node is leaving the network
+    NOT_HOSTED = "not_hosted"  # the node does not host what the request names
+    NOT_OWNER = "not_owner"  # what the request names belongs to another node
+    INVALID = "invalid"  # the request itself is malformed or out of bounds
+
+
+class RequestRefused(NetworkError):
+    """Raised by a request handler to refuse with a typed reason; the requester gets PeerRequestFailed."""
+
+    def __init__(self, kind: RefusalKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 class PeerRequestFailed(NetworkError):
-    """The peer answered a request with an error (no handler, or its handler raised)."""
+    """The peer answered a request with an error (no handler, or its handler raised).
+
+    ``refusal`` is the typed reason when the peer refused on purpose, None for
+    any other failure (or a kind this node does not know).
+    """
+
+    def __init__(self, message: str, refusal: RefusalKind | None = None) -> None:
+        super().__init__(message)
+        self.refusal = refusal
+
+
+def refusal_kind(value: object) -> RefusalKind | None:
+    """The RefusalKind a peer sent, or None for anything else (absent, unknown, not a string)."""
+    try:
+        return RefusalKind(value) if isinstance(value, str) else None
+    except ValueError:
+        # A kind from a newer node, or garbage: treat it as an untyped failure.
+        return None
 
 
 class NotWhitelistedError(PeerUnavailableError):
