@@ -178,9 +178,10 @@ class Node:
     def _load_end_model(self, entry: EndModelConfig) -> None:
         hosted = self._source(entry.model_id)
         log.info(
-            "loading end model %s (%d local layers) on %s",
+            "loading end model %s (%d first and %d last local layers) on %s",
             entry.model_id,
             entry.num_local_layers,
+            entry.num_local_last_layers,
             entry.device,
         )
         weights = weight_format(entry.data_type, entry.device)
@@ -188,6 +189,7 @@ class Node:
             entry.model_id,
             hosted.source.folder,
             num_local_layers=entry.num_local_layers,
+            num_local_last_layers=entry.num_local_last_layers,
             dtype=weights.activation_dtype,
             device=entry.device,
             source=hosted.source,
@@ -204,10 +206,10 @@ class Node:
             source.layer_nbytes(dtype),  # packed sizes for int8 / int4
             hosted.source.kv_bytes_per_token(dtype),
         )
-        first = (
-            hosted.end_model.local_layers.end if hosted.end_model is not None else DEFAULT_FIRST_SHARED_LAYER
-        )
-        span = choose_span(hosted.source.num_layers, first, self._covered(entry.model_id), capacity)
+        shared = hosted.end_model.shared_layers if hosted.end_model is not None else None
+        first = shared.start if shared is not None else DEFAULT_FIRST_SHARED_LAYER
+        last = shared.stop if shared is not None else hosted.source.num_layers
+        span = choose_span(last, first, self._covered(entry.model_id), capacity)
         if span is None:
             log.warning(
                 "layer model %s: nothing to host (%.2f GB fits %d layers)",
@@ -217,7 +219,8 @@ class Node:
             )
             return
         log.info("loading layers %d-%d of %s on %s", span.start, span.end - 1, entry.model_id, entry.device)
-        self._publish_record(claiming=HostedSegment(entry.model_id, span.start, span.end, loaded=False))
+        claim = HostedSegment(entry.model_id, span.start, span.end, loaded=False, data_type=weights.name)
+        self._publish_record(claiming=claim)
         segment = await asyncio.to_thread(
             LayerSegment,
             source,
@@ -262,6 +265,7 @@ class Node:
         log.info("unloaded layers of %s", model_id)
 
     def _covered(self, model_id: str) -> list[LayerSpan]:
+        """Layers the network already hosts, private last layers of end models included."""
         return [
             LayerSpan(segment.start_layer, segment.end_layer)
             for record in self.network.records().values()
@@ -271,9 +275,15 @@ class Node:
 
     def _publish_record(self, claiming: HostedSegment | None = None) -> None:
         segments = [
-            HostedSegment(hosted.model_id, segment.start, segment.end, loaded=True)
+            HostedSegment(hosted.model_id, segment.start, segment.end, True, segment.data_type)
             for hosted in self.models.values()
             for segment in hosted.segments
+        ]
+        # An end model's own last layers: placement leaves them to it, no other origin routes through them.
+        segments += [
+            HostedSegment(hosted.model_id, last.start, last.end, True, last.data_type, private=True)
+            for hosted in self.models.values()
+            if hosted.end_model is not None and (last := hosted.end_model.last_layers) is not None
         ]
         if claiming is not None:
             segments.append(claiming)
@@ -300,7 +310,7 @@ class Node:
     # -- routing ---------------------------------------------------------------------------
 
     def route_for(self, model_id: ModelId) -> Route | None:
-        """A complete chain of hops after the end model's local layers, or None."""
+        """A complete chain of hops over the layers between the end model's local ones, or None."""
         hosted = self.models.get(model_id)
         if hosted is None or hosted.end_model is None:
             return None
@@ -312,10 +322,11 @@ class Node:
             for record in self.network.records().values()
             if record.node_id != self.node_id
             for segment in record.segments
-            if segment.model_id == model_id and segment.loaded
+            if segment.model_id == model_id and segment.loaded and not segment.private
         ]
         offers += [Offer(self.node_id, s.start, s.end, 0) for s in hosted.segments]
-        hops = plan_route(hosted.end_model.local_layers.end, hosted.source.num_layers, offers, self.node_id)
+        shared = hosted.end_model.shared_layers
+        hops = plan_route(shared.start, shared.stop, offers, self.node_id)
         if hops is None:
             return None
         route = self._routes.get((model_id, hops))
@@ -380,7 +391,11 @@ class Node:
 
 def _offers(record: NodeRecord | None, model_id: str, hop: Hop) -> bool:
     return record is not None and any(
-        s.model_id == model_id and s.loaded and s.start_layer <= hop.start and hop.end <= s.end_layer
+        s.model_id == model_id
+        and s.loaded
+        and not s.private
+        and s.start_layer <= hop.start
+        and hop.end <= s.end_layer
         for s in record.segments
     )
 

@@ -264,7 +264,7 @@ class Scheduler:
 
     def _release(self, sequence: Sequence) -> None:
         try:
-            self.end_model.local_layers.release(sequence.sequence_id)
+            self.end_model.release(sequence.sequence_id)
             if sequence.route is not None:
                 sequence.route.release(sequence.sequence_id)
         except Exception:  # noqa: BLE001 - freeing is best effort; the hops' idle sweep frees what is left
@@ -354,6 +354,7 @@ class Scheduler:
             hidden = route.forward(hidden, batch)
         except Exception as error:  # noqa: BLE001 - any hop failure (lost, refused, late) fails the route
             raise RouteFailure(str(error)) from error
+        hidden = self.end_model.finish_hidden(hidden, batch)
         due_rows: list[int] = []
         due: list[Sequence] = []
         row = -1

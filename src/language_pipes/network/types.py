@@ -93,12 +93,20 @@ class NotWhitelistedError(PeerUnavailableError):
 
 @dataclass(frozen=True)
 class HostedSegment:
-    """Layers ``start_layer <= i < end_layer`` of ``model_id`` hosted by a node."""
+    """Layers ``start_layer <= i < end_layer`` of ``model_id`` hosted by a node.
+
+    ``data_type`` names the weights' format (``bfloat16``, ``int8``, ...; None
+    from a node that does not say). A ``private`` segment is an end model's own
+    last layers: it counts as covered for placement, but it serves no other
+    node's route.
+    """
 
     model_id: str
     start_layer: int
     end_layer: int
     loaded: bool
+    data_type: str | None = None
+    private: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -106,6 +114,8 @@ class HostedSegment:
             "start_layer": self.start_layer,
             "end_layer": self.end_layer,
             "loaded": self.loaded,
+            "data_type": self.data_type,
+            "private": self.private,
         }
 
     @staticmethod
@@ -124,7 +134,12 @@ class HostedSegment:
             raise ValueError(f"segment needs integers 0 <= start_layer < end_layer <= {MAX_LAYER_INDEX}")
         if not isinstance(loaded, bool):
             raise ValueError("segment loaded must be a boolean")
-        return HostedSegment(model_id, start, end, loaded)
+        data_type, private = data.get("data_type"), data.get("private", False)
+        if data_type is not None and not (isinstance(data_type, str) and _DATA_TYPE.fullmatch(data_type)):
+            raise ValueError("segment data_type must be a short lower-case name or null")
+        if not isinstance(private, bool):
+            raise ValueError("segment private must be a boolean")
+        return HostedSegment(model_id, start, end, loaded, data_type, private)
 
 
 @dataclass(frozen=True)
@@ -206,6 +221,7 @@ class NodeRecord:
         )
 
 
+_DATA_TYPE = re.compile(r"[a-z0-9]{1,16}")
 _HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
