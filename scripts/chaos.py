@@ -4,8 +4,8 @@ The script starts a cluster on 127.0.0.1 (one end-model node serving the API,
 ``--layer-nodes`` layer nodes), then:
 
 1. computes the undisturbed reference: every prompt streamed greedy on the
-   same cluster with no chaos (all at once: the nodes are batch invariant, so
-   each output is the one the prompt gets alone);
+   same cluster with no chaos, ``--streams`` at a time (the nodes are batch
+   invariant, so each output is the one the prompt gets alone);
 2. keeps ``--streams`` streaming greedy chat completions going for
    ``--seconds`` seconds while a seeded chaos loop, every few seconds,
    SIGKILLs a random layer node, restarts a dead one (same config, ports and
@@ -155,7 +155,7 @@ def _layer_memories(settings: ChaosSettings) -> list[float]:
 
 
 def start_cluster(cluster: ChaosCluster, settings: ChaosSettings) -> None:
-    cluster.start_end(max_api_jobs=max(8, settings.streams * 2, len(PROMPTS)))
+    cluster.start_end(max_api_jobs=max(8, settings.streams * 2), wait=False)
     memories = _layer_memories(settings)
     for node in cluster.start_layer_nodes((f"layers-{i + 1}", m) for i, m in enumerate(memories)):
         print(f"  {node.name}: layers {_span(node)}", flush=True)
@@ -163,19 +163,24 @@ def start_cluster(cluster: ChaosCluster, settings: ChaosSettings) -> None:
 
 
 def compute_reference(cluster: ChaosCluster, settings: ChaosSettings) -> dict[int, str]:
-    """Each prompt streamed with no chaos, all at once (batch invariant): what every output must equal."""
+    """Each prompt streamed with no chaos, ``streams`` at a time (batch invariant): the expected outputs."""
     assert cluster.end is not None
-    client = client_for(cluster.end, settings.hang_seconds)
+    # Not under test: a generous timeout, the first steps also warm up every node.
+    client = client_for(cluster.end, settings.hang_seconds * 4)
     results: dict[int, StreamResult] = {}
 
     def one(index: int) -> None:
-        results[index] = stream_chat(client, index, settings.max_tokens, settings.hang_seconds * 2)
+        results[index] = stream_chat(client, index, settings.max_tokens, settings.hang_seconds * 4)
 
-    workers = [threading.Thread(target=one, args=(index,)) for index in range(len(PROMPTS))]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    for first in range(0, len(PROMPTS), settings.streams):
+        workers = [
+            threading.Thread(target=one, args=(index,))
+            for index in range(first, min(first + settings.streams, len(PROMPTS)))
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
     reference: dict[int, str] = {}
     for index in range(len(PROMPTS)):
         result = results.get(index)
@@ -390,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     report = ChaosReport(settings)
     print(f"chaos run: {settings}\nnode logs under {workdir}", flush=True)
     run = ChaosRun(cluster, settings, report)
+    began = time.monotonic()
     try:
         try:
             start_cluster(cluster, settings)
@@ -398,7 +404,11 @@ def main(argv: list[str] | None = None) -> int:
             # The cluster or the undisturbed reference failed: nothing to measure.
             print(f"setup failed: {error}", file=sys.stderr)
             return 2
-        print(f"reference ready; {settings.seconds:.0f} s of chaos, {settings.streams} streams", flush=True)
+        print(
+            f"reference ready after {time.monotonic() - began:.0f} s; "
+            f"{settings.seconds:.0f} s of chaos, {settings.streams} streams",
+            flush=True,
+        )
         run.started = time.monotonic()
         run.run()
     finally:

@@ -113,6 +113,13 @@ def _run_command(config_path: Path) -> list[str]:
     return [sys.executable, "-m", "language_pipes", "-c", str(config_path), "run"]
 
 
+def _full_log(node: NodeProcess) -> str:
+    try:
+        return node.log_path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""  # not created yet
+
+
 def covers_all_layers(spans: Iterable[range], first: int = FIRST_SHARED_LAYER, end: int = NUM_LAYERS) -> bool:
     """True when the spans (inclusive-exclusive ``range`` objects) cover ``[first, end)`` together."""
     position = first
@@ -139,8 +146,12 @@ class ChaosCluster:
 
     # -- starting --------------------------------------------------------------------------
 
-    def start_end(self, **settings: Any) -> NodeProcess:
-        """The end node: end model of the default model and the API, no layers beyond layer 0."""
+    def start_end(self, *, wait: bool = True, **settings: Any) -> NodeProcess:
+        """The end node: end model of the default model and the API, no layers beyond layer 0.
+
+        ``wait=False`` returns once its peer network listens (layer nodes may
+        join while it loads); :meth:`wait_until_servable` waits for the rest.
+        """
         settings.setdefault("max_api_jobs", 32)
         # Outputs must not depend on which sequences share a step, so replays and loaded runs match
         # the undisturbed reference bit for bit (models/invariance.py).
@@ -148,7 +159,10 @@ class ChaosCluster:
         self.end = self.launcher.start(
             "end", end_models=[DEFAULT_MODEL], network_key=self.network_key, **settings
         )
-        self._wait_for_api(self.end)
+        if wait:
+            self._wait_for_api(self.end)
+        else:
+            self._wait_for_line(self.end, PEER_NETWORK_LINE)
         return self.end
 
     def start_layer_nodes(self, nodes: Iterable[tuple[str, float]]) -> list[LayerNode]:
@@ -167,13 +181,19 @@ class ChaosCluster:
             self.wait_serving(node)
         return started
 
-    def _wait_for_claim(self, node: LayerNode, timeout: float = NODE_START_TIMEOUT_SECONDS) -> None:
+    def _wait_for_claim(self, node: LayerNode) -> None:
+        self._wait_for_line(node.process, LAYER_LINE)
+
+    @staticmethod
+    def _wait_for_line(
+        node: NodeProcess, line: re.Pattern[str], timeout: float = NODE_START_TIMEOUT_SECONDS
+    ) -> None:
         deadline = time.monotonic() + timeout
-        while LAYER_LINE.search(node.log_text()) is None:
-            if not node.process.is_running():
-                raise AssertionError(f"{node.name} exited while starting:\n{node.log_text()[-4000:]}")
+        while line.search(_full_log(node)) is None:
+            if not node.is_running():
+                raise AssertionError(f"{node.node_id} exited while starting:\n{node.output()}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"{node.name} claimed no layers within {timeout:.0f} s")
+                raise AssertionError(f"{node.node_id} logged no {line.pattern!r} within {timeout:.0f} s")
             time.sleep(0.1)
 
     def add_layer_node(self, name: str, memory_gigabytes: float, *, wait: bool = True) -> LayerNode:
@@ -206,6 +226,7 @@ class ChaosCluster:
 
     def wait_until_servable(self, timeout: float = NODE_START_TIMEOUT_SECONDS) -> None:
         assert self.end is not None
+        self._wait_for_api(self.end, timeout)
         self.end.wait_until_serving(DEFAULT_MODEL, timeout)
 
     @staticmethod
