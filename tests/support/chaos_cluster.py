@@ -15,9 +15,9 @@ sees what the earlier ones took; their loads overlap) and can be:
   (:meth:`ChaosCluster.restart`), each run logging to its own file so the
   layers it chose this time are read from this run's output.
 
-:class:`StreamResult` / :func:`stream_chat` run one streaming greedy chat
-completion through the ``openai`` SDK and classify it as completed, failed or
-hung, which is what both the tests and the chaos script count.
+:class:`StreamResult` / :func:`stream_chat` (support/chat_streams.py, imported
+from here too) run one streaming greedy chat completion and classify it as
+completed, failed or hung, which is what the tests and the chaos script count.
 """
 
 from __future__ import annotations
@@ -38,11 +38,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-import openai
 import psutil
-from openai import OpenAI
 
 from language_pipes.cli import new_network_key
+from support.chat_streams import PROMPTS, Outcome, StreamResult, client_for, stream_chat
 from support.disturbances import SlowDown, freeze, thaw
 from support.node_process import DEFAULT_MODEL, NodeLauncher, NodeProcess
 
@@ -57,7 +56,6 @@ NODE_START_TIMEOUT_SECONDS = 300.0
 
 LayerState = Literal["starting", "serving", "dead"]
 Disturbance = Literal["frozen", "slow"]
-Outcome = Literal["completed", "failed", "hung"]
 
 
 @dataclass
@@ -341,73 +339,14 @@ class ChaosCluster:
         self.launcher.stop_all()
 
 
-@dataclass
-class StreamResult:
-    """One streamed greedy chat completion and how it ended."""
-
-    prompt_index: int
-    outcome: Outcome
-    text: str
-    finish_reason: str | None
-    seconds: float
-    error: str | None = None
-
-
-PROMPTS: tuple[str, ...] = (
-    "What is the capital of France?",
-    "Write a haiku about autumn leaves.",
-    "Name three colours of the rainbow.",
-    "Explain what a network router does in one sentence.",
-    "Give me a short tip for learning to cook.",
-    "What is two plus two?",
-    "Describe the sea to someone who has never seen it.",
-    "Why do cats purr?",
-)
-
-
-def client_for(end: NodeProcess, hang_seconds: float) -> OpenAI:
-    """An SDK client that never retries and calls a stream hung after ``hang_seconds`` without data."""
-    return OpenAI(base_url=end.base_url, api_key="unused", max_retries=0, timeout=hang_seconds)
-
-
-def stream_chat(client: OpenAI, prompt_index: int, max_tokens: int, deadline_seconds: float) -> StreamResult:
-    """Stream one greedy completion of ``PROMPTS[prompt_index]``; classify how it ended.
-
-    *failed*: the API answered with an error (status or an error event in the
-    stream); *hung*: no byte for the client's timeout or no end within
-    ``deadline_seconds``; *completed*: a finish reason arrived.
-    """
-    started = time.monotonic()
-    text: list[str] = []
-    finish_reason: str | None = None
-    try:
-        stream = client.chat.completions.create(
-            model=DEFAULT_MODEL,
-            messages=[{"role": "user", "content": PROMPTS[prompt_index % len(PROMPTS)]}],
-            max_tokens=max_tokens,
-            temperature=0,
-            stream=True,
-        )
-        for chunk in stream:
-            if time.monotonic() - started > deadline_seconds:
-                stream.close()
-                return StreamResult(
-                    prompt_index, "hung", "".join(text), None, time.monotonic() - started, "past the deadline"
-                )
-            for choice in chunk.choices:
-                text.append(choice.delta.content or "")
-                finish_reason = choice.finish_reason or finish_reason
-    except openai.APITimeoutError as error:
-        # No data within the client's timeout: the stream hung.
-        return StreamResult(
-            prompt_index, "hung", "".join(text), None, time.monotonic() - started, repr(error)
-        )
-    except (openai.APIError, httpx.HTTPError) as error:
-        # An error status, an error event in the stream, or a dropped connection: the request failed.
-        return StreamResult(
-            prompt_index, "failed", "".join(text), None, time.monotonic() - started, repr(error)
-        )
-    elapsed = time.monotonic() - started
-    if finish_reason is None:
-        return StreamResult(prompt_index, "failed", "".join(text), None, elapsed, "no finish reason")
-    return StreamResult(prompt_index, "completed", "".join(text), finish_reason, elapsed)
+__all__ = [
+    "ALL_LAYERS_GIGABYTES",
+    "HALF_LAYERS_GIGABYTES",
+    "PROMPTS",
+    "ChaosCluster",
+    "LayerNode",
+    "Outcome",
+    "StreamResult",
+    "client_for",
+    "stream_chat",
+]
