@@ -183,7 +183,7 @@ class ChaosRun:
         room = self.elapsed() + max(self.settings.freeze_seconds, self.settings.slow_seconds)
         kinds: list[ChaosAction] = ["kill"] if losable else []
         if room < self.settings.seconds:
-            kinds += (["freeze"] if losable else []) + (["slow"] if calm else [])
+            kinds += ["freeze", "slow"] if losable else []
         untried = [kind for kind in DISTURBANCES if kind in kinds and kind not in self._done][:1]
         if dead and (wants_restart or not kinds) and not untried:
             node = dead[int(node_pick * len(dead))]
@@ -194,7 +194,7 @@ class ChaosRun:
             return
         pool = untried or kinds
         kind = pool[int(kind_pick * len(pool))]
-        candidates = calm if kind == "slow" else losable
+        candidates = losable
         node = candidates[int(node_pick * len(candidates))]
         self._done.add(kind)
         layers = _span(node)

@@ -5,6 +5,14 @@ sockets, encryption, placement, routing, the API through the ``openai`` SDK).
 The layer node must place itself on the middle layers only (1-27), every step
 it receives must stop at layer 28 (so the final hidden states never cross the
 wire), and greedy output must still equal transformers in one process.
+
+Then the same pipe turns mixed: the layer node swaps its bf16 layers for int8
+ones while running (the end node stays bf16, hidden states cross in bf16).
+The reference is honest about what int8 changes: the same model quantized the
+same way in one process (a fresh bf16 end model plus layers 1-27 loaded and
+quantized to int8 by ``ModelSource``), fed greedily without any network; the
+pipe's output must equal it token for token. (How far int8 is from bf16 is
+measured by benchmarks/, not asserted here.)
 """
 
 from __future__ import annotations
@@ -17,10 +25,15 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+import torch
 from openai import AsyncOpenAI
 
-from language_pipes.config import parse_config
-from language_pipes.engine.types import ModelId
+from language_pipes.config import LayerModelConfig, parse_config
+from language_pipes.engine.types import ModelId, SequenceId
+from language_pipes.models.end_model import EndModel
+from language_pipes.models.partial import ModelSource
+from language_pipes.models.quantization import weight_format
+from language_pipes.models.segment import LayerSegment, SegmentBatch
 from language_pipes.network.lanes import RequestPrefix, ServerLane
 from language_pipes.network.types import NodeId
 from language_pipes.node import Node
@@ -146,3 +159,75 @@ async def test_greedy_output_still_equals_transformers(run: LastLayersRun, model
     assert run.text == expected.text
     assert run.completion_tokens == len(expected.token_ids)
     assert run.finish_reason == expected.finish_reason
+
+
+@dataclass
+class Int8Run:
+    text: str
+    completion_tokens: int
+    finish_reason: str
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def int8_run(run: LastLayersRun) -> Int8Run:
+    """The layer node reloads its layers as int8; the same request goes through the mixed pipe."""
+    await run.layer.unload_layer_model(DEFAULT_MODEL)
+    await run.layer.load_layer_model(LayerModelConfig(model_id=DEFAULT_MODEL, memory=2, data_type="int8"))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120
+
+    def served_in_int8() -> bool:
+        record = run.origin.network.records().get(NodeId("middle"))
+        segments = record.segments if record is not None else ()
+        return [(s.data_type, s.loaded) for s in segments] == [("int8", True)]
+
+    while not (served_in_int8() and run.origin.servable_models()):
+        assert loop.time() < deadline, "the origin never saw the int8 layers"
+        await asyncio.sleep(0.2)
+    assert run.origin.config.job_port is not None
+    client = AsyncOpenAI(
+        base_url=f"http://127.0.0.1:{run.origin.config.job_port}/v1", api_key="unused", max_retries=0
+    )
+    completion = await client.chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+    )
+    return Int8Run(
+        completion.choices[0].message.content or "",
+        completion.usage.completion_tokens if completion.usage else -1,
+        completion.choices[0].finish_reason,
+    )
+
+
+def int8_reference(folder: Path) -> tuple[list[int], str]:
+    """Greedy tokens and text of the same bf16 end model + int8 layers 1-27 in one process, no network."""
+    end = EndModel(
+        "reference", folder, num_local_layers=1, num_local_last_layers=LAST_LAYERS, dtype=torch.bfloat16
+    )
+    source = ModelSource.open(folder).with_weights(weight_format("int8"))
+    middle = LayerSegment(source, 1, NUM_LAYERS - LAST_LAYERS, torch.bfloat16, torch.device("cpu"))
+    sequence = SequenceId("0" * 32)
+    fed: list[int] = end.encode_chat(MESSAGES)  # type: ignore[arg-type]
+    position, generated = 0, []
+    while len(generated) < MAX_TOKENS:
+        batch = SegmentBatch((sequence,), (position,), (len(fed),))
+        hidden = end.local_layers.forward(end.embed(fed), batch)
+        hidden = end.finish_hidden(middle.forward(hidden, batch), batch)
+        token = int(end.logits(hidden[0, -1:])[0].argmax())
+        position += len(fed)
+        if token in end.eos_token_ids:
+            break
+        generated.append(token)
+        fed = [token]
+    return generated, end.tokenizer.decode(generated, skip_special_tokens=True)
+
+
+async def test_a_bf16_end_node_and_an_int8_layer_node_match_int8_in_one_process(
+    run: LastLayersRun, int8_run: Int8Run, model_store_dir: Path
+) -> None:
+    tokens, text = await asyncio.to_thread(int8_reference, model_folder(model_store_dir))
+    assert int8_run.text == text
+    assert int8_run.completion_tokens == len(tokens)
+    assert int8_run.finish_reason == ("length" if len(tokens) == MAX_TOKENS else "stop")

@@ -325,11 +325,15 @@ class ChaosCluster:
         return [node for node in self.layers if node.refresh() == "serving"]
 
     def can_lose(self, node: LayerNode) -> bool:
-        """True when the other serving, unfrozen nodes still cover every shared layer without ``node``."""
+        """True when the other serving, undisturbed nodes still cover every shared layer without ``node``.
+
+        A frozen node answers nothing and a slowed one may miss heartbeats, so
+        neither counts: one disturbance at a time never leaves a layer uncovered.
+        """
         others = [
             n.layers
             for n in self.serving()
-            if n is not node and n.layers is not None and n.disturbance != "frozen"
+            if n is not node and n.layers is not None and n.disturbance is None
         ]
         return covers_all_layers(r for r in others if r is not None)
 
