@@ -104,6 +104,7 @@ class ModelsTab(DashboardTab):
         self.query_one("#end-table", DataTable).add_columns("Model", "Local layers", "Device")
         self.query_one("#install-progress", ProgressBar).display = False
         self.refresh_installed()
+        self.update_estimate()
 
     # -- installed ----------------------------------------------------------------------------
 
