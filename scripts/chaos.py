@@ -216,7 +216,7 @@ class ChaosRun:
                 if node.disturbance is None:
                     return  # already ended (the run is over)
                 self.cluster.undisturb(node)
-            self._event(action, node)
+            self._event(action, node, _span(node))
 
         timer = threading.Timer(seconds, end)
         timer.daemon = True
