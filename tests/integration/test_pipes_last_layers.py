@@ -8,11 +8,11 @@ wire), and greedy output must still equal transformers in one process.
 
 Then the same pipe turns mixed: the layer node swaps its bf16 layers for int8
 ones while running (the end node stays bf16, hidden states cross in bf16).
-The reference is honest about what int8 changes: the same model quantized the
-same way in one process (a fresh bf16 end model plus layers 1-27 loaded and
-quantized to int8 by ``ModelSource``), fed greedily without any network; the
-pipe's output must equal it token for token. (How far int8 is from bf16 is
-measured by benchmarks/, not asserted here.)
+The reference is honest about what int8 changes: the very same weights (the
+origin's bf16 end model and the int8 layers the layer node quantized while
+loading) called directly in one process, greedily, with no network, scheduler
+or API between them; the pipe's output must equal it token for token. (How
+far int8 is from bf16 is measured by benchmarks/, not asserted here.)
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ from openai import AsyncOpenAI
 from language_pipes.config import LayerModelConfig, parse_config
 from language_pipes.engine.types import ModelId, SequenceId
 from language_pipes.models.end_model import EndModel
-from language_pipes.models.partial import ModelSource
-from language_pipes.models.quantization import weight_format
 from language_pipes.models.segment import LayerSegment, SegmentBatch
 from language_pipes.network.lanes import RequestPrefix, ServerLane
 from language_pipes.network.types import NodeId
@@ -201,15 +199,12 @@ async def int8_run(run: LastLayersRun) -> Int8Run:
     )
 
 
-def int8_reference(folder: Path) -> tuple[list[int], str]:
-    """Greedy tokens and text of the same bf16 end model + int8 layers 1-27 in one process, no network."""
-    end = EndModel(
-        "reference", folder, num_local_layers=1, num_local_last_layers=LAST_LAYERS, dtype=torch.bfloat16
-    )
-    source = ModelSource.open(folder).with_weights(weight_format("int8"))
-    middle = LayerSegment(source, 1, NUM_LAYERS - LAST_LAYERS, torch.bfloat16, torch.device("cpu"))
+def int8_reference(end: EndModel, middle: LayerSegment) -> tuple[list[int], str]:
+    """Greedy tokens and text of the end model + int8 middle layers called directly, no network."""
+    assert middle.data_type == "int8" and middle.layer_range == range(1, NUM_LAYERS - LAST_LAYERS)
     sequence = SequenceId("0" * 32)
     fed: list[int] = end.encode_chat(MESSAGES)  # type: ignore[arg-type]
+    middle.open(sequence, len(fed) + MAX_TOKENS)  # the node's segment reserves KV memory per sequence
     position, generated = 0, []
     while len(generated) < MAX_TOKENS:
         batch = SegmentBatch((sequence,), (position,), (len(fed),))
@@ -221,13 +216,18 @@ def int8_reference(folder: Path) -> tuple[list[int], str]:
             break
         generated.append(token)
         fed = [token]
+    end.release(sequence)
+    middle.release(sequence)
     return generated, end.tokenizer.decode(generated, skip_special_tokens=True)
 
 
 async def test_a_bf16_end_node_and_an_int8_layer_node_match_int8_in_one_process(
-    run: LastLayersRun, int8_run: Int8Run, model_store_dir: Path
+    run: LastLayersRun, int8_run: Int8Run
 ) -> None:
-    tokens, text = await asyncio.to_thread(int8_reference, model_folder(model_store_dir))
+    end = run.origin.models[ModelId(DEFAULT_MODEL)].end_model
+    (middle,) = run.layer.models[ModelId(DEFAULT_MODEL)].segments
+    assert end is not None and end.dtype == torch.bfloat16
+    tokens, text = await asyncio.to_thread(int8_reference, end, middle)
     assert int8_run.text == text
     assert int8_run.completion_tokens == len(tokens)
     assert int8_run.finish_reason == ("length" if len(tokens) == MAX_TOKENS else "stop")
