@@ -5,8 +5,9 @@ JSON report is checked here: no request may fail or hang, every output must
 equal the undisturbed reference, and the run must really have killed,
 restarted, frozen (``SIGSTOP`` for 8 s, then ``SIGCONT``) and slowed (stopped
 80% of the time for 10 s) nodes. A request counts as hung when no byte
-arrives for :data:`HANG_SECONDS` (a few step deadlines: ``step_timeout_s`` is
-5 s) or it does not end within that time. The longer run is
+arrives for :data:`HANG_SECONDS` or it does not end within that time; each
+step on a layer node has its own deadline (``step_timeout_s`` = 5 s plus
+0.1 s per token), after which the hop counts as lost and the request replays. The longer run is
 ``python scripts/chaos.py`` (8 streams, 2 minutes).
 """
 
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "chaos.py"
 STREAMS = 4
 SECONDS = 40
-HANG_SECONDS = 30
+HANG_SECONDS = 60  # the script's default, as before the frozen and slow nodes
 
 
 @pytest.fixture(scope="module")
