@@ -138,9 +138,13 @@ class NodeLauncher:
         max_api_jobs: int = 5,
         with_api: bool = True,
         torch_threads: int = 1,
+        environment: dict[str, str | None] | None = None,
         **settings: Any,
     ) -> NodeProcess:
-        """Start ``language-pipes -c <folder>/<node_id>/node.toml run`` with ``settings`` as extra keys."""
+        """Start ``language-pipes -c <folder>/<node_id>/node.toml run`` with ``settings`` as extra keys.
+
+        ``environment`` overrides the node's environment variables (None removes one).
+        """
         node_folder = self.folder / node_id
         app_dir = node_folder / "app"
         app_dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +162,7 @@ class NodeLauncher:
         config_path = node_folder / "node.toml"
         config_path.write_text(tomlkit.dumps(config))
         log_path = node_folder / "output.log"
-        environment = {
+        environment_of_node = {
             **os.environ,
             "LP_MODEL_DIR": str(self.model_dir),
             "LP_APP_DIR": str(app_dir),
@@ -167,11 +171,16 @@ class NodeLauncher:
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
         }
+        for name, value in (environment or {}).items():
+            if value is None:
+                environment_of_node.pop(name, None)
+            else:
+                environment_of_node[name] = value
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(
                 _node_command(config_path),
                 cwd=node_folder,
-                env=environment,
+                env=environment_of_node,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

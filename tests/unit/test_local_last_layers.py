@@ -24,6 +24,7 @@ from language_pipes.models.segment import LayerSegment, SegmentBatch
 from language_pipes.network.types import HostedSegment
 from language_pipes.pipes.placement import LayerSpan, choose_span
 from language_pipes.pipes.route import LocalHop, Route
+from language_pipes.weights.provider import end_model_modules
 from support.tiny_models import build_tiny_model, reference_model
 
 PROMPT = [1, 5, 9, 13, 17, 21, 25]
@@ -111,3 +112,9 @@ def test_placement_leaves_private_last_layers_to_the_end_node() -> None:
     # An older node's record without the new fields still parses.
     legacy = {"model_id": "m", "start_layer": 1, "end_layer": 4, "loaded": True}
     assert HostedSegment.from_wire(legacy) == HostedSegment("m", 1, 4, True, None, False)
+
+
+def test_an_end_node_fetches_the_modules_of_its_last_layers_too() -> None:
+    modules = end_model_modules(30, 1, 2)
+    assert modules[-3:] == ["model.layers.0", "model.layers.28", "model.layers.29"]
+    assert end_model_modules(30, 1) == ["model.embed_tokens", "model.norm", "lm_head", "model.layers.0"]

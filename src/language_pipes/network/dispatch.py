@@ -50,7 +50,13 @@ class DispatchMixin:
             )
             return
         sender = session.peer_id
-        self._membership.mark_heard(sender, time.monotonic())
+        outbound = self._peer_connections.get(sender)
+        if outbound is not None and outbound.session is session:
+            # Only answers on our own connection prove the peer still holds our session: a peer that
+            # dropped us on its side alone (its loop stalled past the timeout) reconnects and keeps
+            # talking inbound while refusing what we send, and must still fall silent here, be
+            # dropped and be dialled afresh.
+            self._membership.mark_heard(sender, time.monotonic())
         if inner.role in ("response", "error"):
             self._on_reply(sender, inner.role, inner.correlation_id, inner.header, payload)
         elif envelope.kind.startswith(RESERVED_KIND_PREFIX):

@@ -65,6 +65,7 @@ class ModelsTab(DashboardTab):
             with TabPane("Layer Models", id="models-layers"):
                 yield Static("Decoder layers this node hosts for the network (as many as fit memory).")
                 yield DataTable(id="layer-table", cursor_type="row")
+                yield Static("", id="weight-fetches")
                 with Horizontal(classes="field"):
                     yield Input(placeholder="model id", id="layer-model-id")
                     yield Input(placeholder="device (cpu)", id="layer-device")
@@ -103,6 +104,7 @@ class ModelsTab(DashboardTab):
         )
         self.query_one("#end-table", DataTable).add_columns("Model", "Local layers", "Device")
         self.query_one("#install-progress", ProgressBar).display = False
+        self.query_one("#weight-fetches", Static).display = False
         self.refresh_installed()
         self.update_estimate()
 
@@ -196,6 +198,10 @@ class ModelsTab(DashboardTab):
             )
 
     def refresh_live(self) -> None:
+        fetches = self.dashboard.control.weight_fetches()
+        fetch_lines = self.query_one("#weight-fetches", Static)
+        fetch_lines.display = bool(fetches)  # shown only on a node that fetched weights from peers
+        fetch_lines.update("\n".join(f"Weights from peers: {line}" for line in fetches))
         table = self.query_one("#layer-table", DataTable)
         for row, entry in enumerate(self.dashboard.document.get("layer_models", [])):
             if row < table.row_count:
