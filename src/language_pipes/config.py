@@ -185,10 +185,13 @@ class LayerModelConfig(_StrictModel):
 
 
 class EndModelConfig(_StrictModel):
-    """Tokenizer, embedding, norm, head and the first ``num_local_layers`` layers of a model."""
+    """Tokenizer, embedding, norm, head, and the first and (optionally) last decoder layers of a model."""
 
     model_id: NonEmptyText
     num_local_layers: int = Field(default=1, ge=0)
+    # Also run the model's last layers here, so the final hidden states (a norm and the public head
+    # away from the output tokens) never leave this node; layer nodes then host only the middle.
+    num_local_last_layers: int = Field(default=0, ge=0)
     device: Device = "cpu"
     # Unset: bfloat16 on cpu, float16 elsewhere. int8 / int4 quantize the local layers and the head.
     data_type: DataType | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections import Counter
@@ -220,15 +221,16 @@ class Node:
 
     async def _load_end_model(self, entry: EndModelConfig) -> None:
         planning = await self._planning_source(entry)
-        modules = end_model_modules(planning.num_layers, entry.num_local_layers)
+        modules = end_model_modules(planning.num_layers, entry.num_local_layers, entry.num_local_last_layers)
         hosted = await self._hosted_with(entry, planning, modules)
         await asyncio.to_thread(self._build_end_model, hosted, entry)
 
     def _build_end_model(self, hosted: HostedModel, entry: EndModelConfig) -> None:
         log.info(
-            "loading end model %s (%d local layers) on %s",
+            "loading end model %s (%d first and %d last local layers) on %s",
             entry.model_id,
             entry.num_local_layers,
+            entry.num_local_last_layers,
             entry.device,
         )
         weights = weight_format(entry.data_type, entry.device)
@@ -236,6 +238,7 @@ class Node:
             entry.model_id,
             hosted.source.folder,
             num_local_layers=entry.num_local_layers,
+            num_local_last_layers=entry.num_local_last_layers,
             dtype=weights.activation_dtype,
             device=entry.device,
             source=hosted.source,
@@ -253,8 +256,10 @@ class Node:
             planning.kv_bytes_per_token(dtype),
         )
         end_model = self.models[ModelId(entry.model_id)].end_model if entry.model_id in self.models else None
-        first = end_model.local_layers.end if end_model is not None else DEFAULT_FIRST_SHARED_LAYER
-        span = choose_span(planning.num_layers, first, self._covered(entry.model_id), capacity)
+        shared = end_model.shared_layers if end_model is not None else None
+        first = shared.start if shared is not None else DEFAULT_FIRST_SHARED_LAYER
+        last = shared.stop if shared is not None else planning.num_layers
+        span = choose_span(last, first, self._covered(entry.model_id), capacity)
         if span is None:
             log.warning(
                 "layer model %s: nothing to host (%.2f GB fits %d layers)",
@@ -264,7 +269,8 @@ class Node:
             )
             return
         # Claimed before fetching or loading, so nodes placing at the same time pick other layers.
-        self._publish_record(claiming=HostedSegment(entry.model_id, span.start, span.end, loaded=False))
+        claim = HostedSegment(entry.model_id, span.start, span.end, loaded=False, data_type=weights.name)
+        self._publish_record(claiming=claim)
         hosted = await self._hosted_with(entry, planning, layer_modules(span.start, span.end))
         source = hosted.source.with_weights(weights)
         log.info("loading layers %d-%d of %s on %s", span.start, span.end - 1, entry.model_id, entry.device)
@@ -312,6 +318,7 @@ class Node:
         log.info("unloaded layers of %s", model_id)
 
     def _covered(self, model_id: str) -> list[LayerSpan]:
+        """Layers the network already hosts, private last layers of end models included."""
         return [
             LayerSpan(segment.start_layer, segment.end_layer)
             for record in self.network.records().values()
@@ -321,9 +328,15 @@ class Node:
 
     def _publish_record(self, claiming: HostedSegment | None = None) -> None:
         segments = [
-            HostedSegment(hosted.model_id, segment.start, segment.end, loaded=True)
+            HostedSegment(hosted.model_id, segment.start, segment.end, True, segment.data_type)
             for hosted in self.models.values()
             for segment in hosted.segments
+        ]
+        # An end model's own last layers: placement leaves them to it, no other origin routes through them.
+        segments += [
+            HostedSegment(hosted.model_id, last.start, last.end, True, last.data_type, private=True)
+            for hosted in self.models.values()
+            if hosted.end_model is not None and (last := hosted.end_model.last_layers) is not None
         ]
         if claiming is not None:
             segments.append(claiming)
@@ -350,7 +363,7 @@ class Node:
     # -- routing ---------------------------------------------------------------------------
 
     def route_for(self, model_id: ModelId) -> Route | None:
-        """A complete chain of hops after the end model's local layers, or None."""
+        """A complete chain of hops over the layers between the end model's local ones, or None."""
         hosted = self.models.get(model_id)
         if hosted is None or hosted.end_model is None:
             return None
@@ -362,10 +375,11 @@ class Node:
             for record in self.network.records().values()
             if record.node_id != self.node_id
             for segment in record.segments
-            if segment.model_id == model_id and segment.loaded
+            if segment.model_id == model_id and segment.loaded and not segment.private
         ]
         offers += [Offer(self.node_id, s.start, s.end, 0) for s in hosted.segments]
-        hops = plan_route(hosted.end_model.local_layers.end, hosted.source.num_layers, offers, self.node_id)
+        shared = hosted.end_model.shared_layers
+        hops = plan_route(shared.start, shared.stop, offers, self.node_id)
         if hops is None:
             return None
         route = self._routes.get((model_id, hops))
@@ -430,7 +444,11 @@ class Node:
 
 def _offers(record: NodeRecord | None, model_id: str, hop: Hop) -> bool:
     return record is not None and any(
-        s.model_id == model_id and s.loaded and s.start_layer <= hop.start and hop.end <= s.end_layer
+        s.model_id == model_id
+        and s.loaded
+        and not s.private
+        and s.start_layer <= hop.start
+        and hop.end <= s.end_layer
         for s in record.segments
     )
 
@@ -440,8 +458,18 @@ def _describe(hops: tuple[Hop, ...]) -> str:
 
 
 def run_node(config: NodeConfig) -> int:
-    """Run a node until SIGINT/SIGTERM; returns the process exit code."""
-    return asyncio.run(_serve(config))
+    """Run a node until SIGINT/SIGTERM; returns the process exit code.
+
+    Only the process's entry point calls this: once the node has stopped, the
+    process exits.
+    """
+    code = asyncio.run(_serve(config))
+    # Every part has stopped and the process exits next. Python's teardown would
+    # now walk the ~half a million objects torch and transformers created with the
+    # cyclic collector, seconds of CPU (tens on a loaded machine) between "stopped"
+    # and the exit. Frozen objects are skipped; the OS frees their memory anyway.
+    gc.freeze()
+    return code
 
 
 async def _serve(config: NodeConfig) -> int:
