@@ -32,11 +32,11 @@ from typing import Any
 
 import torch
 
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.end_model import EndModel
 from language_pipes.models.quantization import QuantizedLinear
 from language_pipes.models.quantization import weight_format as make_weight_format
 from language_pipes.models.segment import SegmentBatch
+from language_pipes.vocabulary import SequenceId
 
 HERE = Path(__file__).resolve().parent
 TEXT = HERE / "data" / "perplexity_text.txt"

@@ -22,7 +22,7 @@ from language_pipes.api.settings import ApiSettings
 from language_pipes.config import EndModelConfig, LayerModelConfig, NodeConfig
 from language_pipes.engine.generator import ModelGenerator
 from language_pipes.engine.scheduler import Scheduler
-from language_pipes.engine.types import ModelId, ModelUnavailableError, ModelUnknownError
+from language_pipes.engine.types import ModelUnavailableError, ModelUnknownError
 from language_pipes.models.end_model import EndModel
 from language_pipes.models.partial import ModelSource
 from language_pipes.models.quantization import weight_format
@@ -37,6 +37,7 @@ from language_pipes.pipes.remote import RemoteSegment
 from language_pipes.pipes.route import LocalHop, Route, SegmentRunner
 from language_pipes.pipes.routing import Hop, Offer, plan_route
 from language_pipes.pipes.worker import LayerWorker
+from language_pipes.vocabulary import ModelId
 
 log = logging.getLogger("language_pipes.node")
 

@@ -17,11 +17,11 @@ from language_pipes.engine.types import (
     FinishReason,
     GenerationEvent,
     GenerationRequest,
-    ModelId,
     ModelUnavailableError,
     ModelUnknownError,
     TextDelta,
 )
+from language_pipes.vocabulary import ModelId
 
 
 @dataclass

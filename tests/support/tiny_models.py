@@ -37,10 +37,10 @@ from transformers import (
     Qwen3MoeConfig,
 )
 
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.end_model import EndModel
 from language_pipes.models.partial import ModelSource
 from language_pipes.models.segment import LayerSegment, SegmentBatch
+from language_pipes.vocabulary import SequenceId
 
 TinyFamily = Literal[
     "llama",

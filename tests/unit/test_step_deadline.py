@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from language_pipes.config import NodeConfig
 from language_pipes.engine.generator import ModelGenerator
 from language_pipes.engine.scheduler import MAX_REPLAYS, Scheduler
-from language_pipes.engine.types import Finished, GenerationRequest, SamplingParams, SequenceId
+from language_pipes.engine.types import Finished, GenerationRequest, SamplingParams
 from language_pipes.models.end_model import EndModel
 from language_pipes.models.segment import SegmentBatch
 from language_pipes.network.peer_network import Header, PeerNetwork, Reply
@@ -32,6 +32,7 @@ from language_pipes.network.types import NodeId, PeerRequestTimeout
 from language_pipes.pipes.frames import KIND_OPEN, KIND_RELEASE, KIND_STEP
 from language_pipes.pipes.remote import RemoteSegment
 from language_pipes.pipes.route import Route
+from language_pipes.vocabulary import SequenceId
 from support.peers import Starter, wait_until
 from support.tiny_models import build_tiny_model
 

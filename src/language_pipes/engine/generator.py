@@ -19,9 +19,9 @@ from language_pipes.engine.types import (
     Finished,
     GenerationEvent,
     GenerationRequest,
-    SequenceId,
 )
 from language_pipes.models.end_model import EndModel
+from language_pipes.vocabulary import SequenceId
 
 
 class ModelGenerator:

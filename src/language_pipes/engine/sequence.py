@@ -21,10 +21,10 @@ from language_pipes.engine.types import (
     FinishReason,
     GenerationEvent,
     GenerationRequest,
-    SequenceId,
     TextDelta,
 )
 from language_pipes.pipes.route import Route
+from language_pipes.vocabulary import SequenceId
 
 
 @dataclass

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, NewType, Protocol
+from typing import Literal, Protocol
 
 import torch
 
-SequenceId = NewType("SequenceId", str)
-ModelId = NewType("ModelId", str)
+from language_pipes.vocabulary import ModelId
 
 FinishReason = Literal["stop", "length", "error"]
 

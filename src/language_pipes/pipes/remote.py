@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 
 import torch
 
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.segment import SegmentBatch
 from language_pipes.network.peer_network import PeerNetwork
 from language_pipes.network.types import NodeId
@@ -36,6 +35,7 @@ from language_pipes.pipes.frames import (
     tensor_bytes,
     tensor_from_bytes,
 )
+from language_pipes.vocabulary import SequenceId
 
 T = TypeVar("T")
 

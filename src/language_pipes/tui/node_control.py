@@ -167,7 +167,7 @@ class NodeControl:
         """The layer ranges ``[start, end)`` of ``model_id`` this node hosts now."""
         if self.node is None:
             return []
-        from language_pipes.engine.types import ModelId
+        from language_pipes.vocabulary import ModelId
 
         hosted = self.node.models.get(ModelId(model_id))
         return [] if hosted is None else sorted((s.start, s.end) for s in hosted.segments)
