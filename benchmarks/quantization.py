@@ -76,7 +76,7 @@ def _held_bytes(model: EndModel) -> int:
 
 def measure_one(data_type: str, text_tokens: int, chunk: int, decode_steps: int) -> dict[str, Any]:
     """Everything for one data type, in this (fresh) process."""
-    from language_pipes.models.embedded import prepare_default_model
+    from language_pipes.models.default_model import prepare_default_model
 
     folder = prepare_default_model()
     rss_before = _rss_kib("VmRSS")

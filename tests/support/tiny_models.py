@@ -256,7 +256,7 @@ def default_model_folder(store_root: Path) -> Path:
     configured = os.environ.get(DEFAULT_MODEL_ENV)
     if configured:
         return Path(configured)
-    from language_pipes.models.embedded import prepare_default_model
+    from language_pipes.models.default_model import prepare_default_model
 
     return prepare_default_model(store_root)
 

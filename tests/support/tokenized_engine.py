@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from language_pipes.models.embedded import prepare_default_model
+from language_pipes.models.default_model import prepare_default_model
 from support.scripted_engine import ScriptedGenerator
 
 
