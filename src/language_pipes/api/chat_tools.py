@@ -225,7 +225,6 @@ class ChatDeltaInterpreter:
         self.call_announced = False
         self.buffered_answer = ""
         self.raw_text = ""
-        self.made_calls = False
 
     def feed(self, text: str) -> list[ChoiceDelta]:
         self.raw_text += text

@@ -54,10 +54,6 @@ class EndModel:
         self.eos_token_ids = _eos_token_ids(folder, self.tokenizer)
         self.context_length = int(getattr(self.config, "max_position_embeddings", 0) or 4096)
 
-    @property
-    def vocab_size(self) -> int:
-        return int(self.head.out_features)
-
     def embed(self, token_ids: list[int]) -> torch.Tensor:
         """``[1, len(token_ids), hidden]`` hidden states for a packed step."""
         ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
@@ -71,12 +67,8 @@ class EndModel:
             logits = self.head(self.norm(hidden)).float()
             return self.source.family.finish_logits(self.config, logits)
 
-    def encode_chat(
-        self, messages: list[dict[str, object]], tools: list[dict[str, object]] | None = None
-    ) -> list[int]:
-        rendered = self.tokenizer.apply_chat_template(
-            messages, tools=tools, add_generation_prompt=True, tokenize=False
-        )
+    def encode_chat(self, messages: list[dict[str, object]]) -> list[int]:
+        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return list(self.tokenizer.encode(rendered, add_special_tokens=False))
 
 
