@@ -30,11 +30,7 @@ class TokenizedGenerator(ScriptedGenerator):
         super().__init__(model_id, pieces, **options)
         self.tokenizer = tokenizer
 
-    def encode_chat(
-        self, messages: list[dict[str, object]], tools: list[dict[str, object]] | None = None
-    ) -> list[int]:
+    def encode_chat(self, messages: list[dict[str, object]]) -> list[int]:
         self.last_messages = messages
-        rendered = self.tokenizer.apply_chat_template(
-            messages, tools=tools, add_generation_prompt=True, tokenize=False
-        )
+        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return list(self.tokenizer.encode(rendered, add_special_tokens=False))
