@@ -22,8 +22,8 @@ Host/Origin checks, body size limit), then CORS for the allowed origins.
 
 Building blocks for another endpoint: ``body.read_body`` and
 ``schemas.SamplingFields``, ``models_route.completion_token_budget``,
-``chat.run_generation`` / ``chat.start_streamed_generation`` /
-``chat.error_event``, ``sse.EventStreamResponse`` / ``sse.sse_event`` /
+``generation.run_generation`` / ``generation.start_streamed_generation`` /
+``generation.error_event``, ``sse.EventStreamResponse`` / ``sse.sse_event`` /
 ``sse.SSE_DONE``.
 """
 

@@ -33,12 +33,12 @@ from starlette.responses import JSONResponse, Response
 from language_pipes.api import tool_calls
 from language_pipes.api.auth import AuthenticatedClient, ClientKey, JobSlot, job_limiter
 from language_pipes.api.body import read_body
-from language_pipes.api.chat import GenerationEndedEarly, StartedGeneration, start_streamed_generation
-from language_pipes.api.errors import (
-    current_request_id,
-    finished_with_error,
-    generation_failed,
-    invalid_request,
+from language_pipes.api.errors import current_request_id, generation_failed, invalid_request
+from language_pipes.api.generation import (
+    GenerationEndedEarly,
+    StartedGeneration,
+    run_generation,
+    start_streamed_generation,
 )
 from language_pipes.api.models_route import completion_token_budget, generator_for
 from language_pipes.api.prompt import encode_prompt
@@ -63,9 +63,10 @@ from language_pipes.api.responses_schemas import (
     TextFormatJsonObject,
     TextFormatJsonSchema,
 )
-from language_pipes.api.responses_stream import ResponseBuilder, ResponseSettings, event_frame
+from language_pipes.api.responses_settings import response_settings
+from language_pipes.api.responses_stream import ResponseBuilder, event_frame
 from language_pipes.api.settings import api_settings
-from language_pipes.api.sse import SSE_DONE, EventStreamResponse, cancel_on_disconnect
+from language_pipes.api.sse import SSE_DONE, EventStreamResponse
 from language_pipes.engine.constraints import (
     GrammarCompileError,
     GrammarConstraint,
@@ -74,7 +75,7 @@ from language_pipes.engine.constraints import (
     json_schema_constraint,
     tool_call_constraint,
 )
-from language_pipes.engine.types import GenerationEvent, GenerationRequest, TextDelta, TextGenerator
+from language_pipes.engine.types import GenerationRequest, TextDelta, TextGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -192,25 +193,6 @@ async def plan_response(
     )
 
 
-def response_settings(plan: ResponsePlan) -> ResponseSettings:
-    body = plan.body
-    output_format = body.output_format()
-    return ResponseSettings(
-        model=body.model,
-        instructions=body.instructions,
-        tools=plan.tools,
-        tool_choice=plan.tool_choice,
-        parallel_tool_calls=body.parallel_tool_calls is not False,
-        temperature=plan.generation.sampling.temperature,
-        top_p=plan.generation.sampling.top_p,
-        max_output_tokens=body.requested_max_tokens(),
-        previous_response_id=body.previous_response_id,
-        metadata=body.metadata,
-        text_format=output_format.model_dump(by_alias=True, exclude_none=True) if output_format else None,
-        store=body.store is not False,
-    )
-
-
 # ---------------------------------------------------------------- store
 
 
@@ -242,31 +224,6 @@ def remember(request: Request, plan: ResponsePlan, builder: ResponseBuilder, cli
 # ---------------------------------------------------------------- endpoint
 
 
-async def _next_event(events: AsyncIterator[GenerationEvent]) -> GenerationEvent | None:
-    try:
-        return await anext(events)
-    except StopAsyncIteration:
-        # The engine ended without Finished; the caller reports it as a failed response.
-        return None
-
-
-async def _compose_whole(generator: TextGenerator, plan: ResponsePlan, composer: OutputComposer) -> None:
-    """Run a non-streamed generation through the composer; an engine failure raises its APIError."""
-    events = generator.generate(plan.generation)
-    try:
-        async for event in events:
-            if isinstance(event, TextDelta):
-                composer.on_delta(event)
-                continue
-            if event.reason == "error":
-                raise finished_with_error(event)
-            composer.on_finished(event)
-            return
-        raise GenerationEndedEarly("the engine ended a sequence without a Finished event")
-    finally:
-        await events.aclose()
-
-
 async def _stream_frames(
     request: Request,
     plan: ResponsePlan,
@@ -277,9 +234,8 @@ async def _stream_frames(
     composer = OutputComposer(builder, plan)
     for event in builder.start():
         yield event_frame(event)
-    current: GenerationEvent | None = started.first_event
     try:
-        while current is not None:
+        async for current in started.events():
             if isinstance(current, TextDelta):
                 for event in composer.on_delta(current):
                     yield event_frame(event)
@@ -287,11 +243,10 @@ async def _stream_frames(
                 for event in composer.on_finished(current):
                     yield event_frame(event)
                 remember(request, plan, builder, client)
-                break
-            current = await _next_event(started.events)
-        if current is None:
-            for event in builder.fail(generation_failed("the engine ended without Finished").message):
-                yield event_frame(event)
+    except GenerationEndedEarly:
+        # The engine ended without Finished (an engine bug); the headers are sent: a failed response.
+        for event in builder.fail(generation_failed("the engine ended without Finished").message):
+            yield event_frame(event)
     except Exception:
         # The headers are sent, so a failure can only be reported in-band.
         logger.exception("request %s: generation failed during a responses stream", current_request_id())
@@ -326,6 +281,7 @@ async def create_response(request: Request, client: AuthenticatedClient) -> Resp
     composer = OutputComposer(builder, plan)
     builder.start()
     with slot:
-        await cancel_on_disconnect(request, _compose_whole(generator, plan, composer))
+        outcome = await run_generation(request, generator, plan.generation, on_delta=composer.on_delta)
+    composer.on_finished(outcome.finished)
     remember(request, plan, builder, client)
     return JSONResponse(builder.body())

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from openai.types.responses import (
-    FunctionTool,
     Response,
     ResponseCompletedEvent,
     ResponseContentPartAddedEvent,
@@ -43,7 +41,6 @@ from openai.types.responses import (
     ResponseReasoningSummaryTextDeltaEvent,
     ResponseReasoningSummaryTextDoneEvent,
     ResponseStreamEvent,
-    ResponseTextConfig,
     ResponseTextDeltaEvent,
     ResponseTextDoneEvent,
     ResponseUsage,
@@ -55,6 +52,7 @@ from openai.types.responses.response_reasoning_summary_part_done_event import Pa
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
 from language_pipes.api import tool_calls
+from language_pipes.api.responses_settings import ResponseSettings, echoed_settings
 from language_pipes.api.sse import sse_event
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
@@ -68,40 +66,6 @@ def new_item_id(prefix: str) -> str:
 def event_frame(event: ResponseStreamEvent) -> str:
     """The SSE frame of one event (named, as OpenAI sends them)."""
     return sse_event(event.model_dump(mode="json", exclude_unset=True), event=event.type)
-
-
-@dataclass
-class ResponseSettings:
-    """The request settings a ``Response`` object echoes back."""
-
-    model: str
-    instructions: str | None = None
-    tools: list[tool_calls.FunctionTool] = field(default_factory=list)
-    tool_choice: tool_calls.ToolChoice = "auto"
-    parallel_tool_calls: bool = True
-    temperature: float | None = None
-    top_p: float | None = None
-    max_output_tokens: int | None = None
-    previous_response_id: str | None = None
-    metadata: dict[str, str] | None = None
-    text_format: dict[str, Any] | None = None
-    store: bool = True
-
-
-def _tool_choice_value(choice: tool_calls.ToolChoice) -> Any:
-    if isinstance(choice, tool_calls.ForcedTool):
-        return {"type": "function", "name": choice.name}
-    return choice
-
-
-def _tool_value(tool: tool_calls.FunctionTool) -> FunctionTool:
-    return FunctionTool(
-        type="function",
-        name=tool.name,
-        description=tool.description,
-        parameters=tool.parameters,
-        strict=tool.strict,
-    )
 
 
 class ResponseBuilder:
@@ -122,29 +86,18 @@ class ResponseBuilder:
     # ---------------------------------------------------------------- snapshot
 
     def snapshot(self) -> Response:
-        settings = self.settings
         fields: dict[str, Any] = {
             "id": self.response_id,
             "object": "response",
             "created_at": self.created_at,
-            "model": settings.model,
             "status": self.status,
             "output": [item.model_copy(deep=True) for item in self.output],
-            "parallel_tool_calls": settings.parallel_tool_calls,
-            "tool_choice": _tool_choice_value(settings.tool_choice),
-            "tools": [_tool_value(tool) for tool in settings.tools],
-            "instructions": settings.instructions,
-            "metadata": settings.metadata or {},
-            "temperature": settings.temperature,
-            "top_p": settings.top_p,
-            "max_output_tokens": settings.max_output_tokens,
-            "previous_response_id": settings.previous_response_id,
             "incomplete_details": (
                 IncompleteDetails(reason="max_output_tokens") if self.status == "incomplete" else None
             ),
             "error": self.error,
             "usage": self.usage,
-            "text": ResponseTextConfig.model_validate({"format": settings.text_format or {"type": "text"}}),
+            **echoed_settings(self.settings),
         }
         return Response.model_validate(fields)
 
