@@ -24,7 +24,7 @@ class PipesTab(DashboardTab):
         first = {
             str(m): h.end_model.local_layers.end for m, h in node.models.items() if h.end_model is not None
         }
-        complete = {str(m): node.route_for(m) is not None for m, h in node.models.items() if h.end_model}
+        complete = {str(m): node.has_route(m) for m, h in node.models.items() if h.end_model}
         views = pipe_views(node.network.records(), total, first, complete)
         if not views:
             widget.update("No model is hosted anywhere in the network yet.")
