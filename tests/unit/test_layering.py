@@ -29,6 +29,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("engine",),
     ("api",),
     ("node",),
+    ("node_status",),
     ("tui",),
     ("cli",),
     ("__main__",),

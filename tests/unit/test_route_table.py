@@ -1,8 +1,9 @@
 """The origin's route table: planning is a question without side effects, building is explicit.
 
 :func:`plan_hops` and :class:`RouteTable` run over plain records, without a
-network. The last test asks a real (unstarted) :class:`Node` whether a model is
-servable, as ``/v1/models`` and the TUI do, and checks that no route was built.
+network. The last tests ask a real (unstarted) :class:`Node` whether a model is
+servable, as ``/v1/models`` and the TUI's status snapshot do, and check that no
+route was built.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 from language_pipes.config import NodeConfig
 from language_pipes.network.types import HostedSegment, NodeId, NodeRecord
 from language_pipes.node import HostedModel, Node
+from language_pipes.node_status import HostedModelStatus, node_status
 from language_pipes.pipes.route import SegmentRunner
 from language_pipes.pipes.route_table import RouteTable, plan_hops
 from language_pipes.pipes.routing import Hop
@@ -86,9 +88,9 @@ def test_unloading_retires_only_the_routes_through_this_node() -> None:
     assert own.retired and not remote.retired and len(table) == 1
 
 
-def test_asking_whether_a_model_is_servable_builds_no_route(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def origin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Node:
+    """An unstarted node holding an end model and layers 1-3 of a four-layer model: a local pipe."""
     monkeypatch.setenv("LP_APP_DIR", str(tmp_path))
     node = Node(NodeConfig(node_id="origin", job_port=None))
     segment: Any = SimpleNamespace(start=1, end=4)
@@ -99,9 +101,23 @@ def test_asking_whether_a_model_is_servable_builds_no_route(
         segments=[segment],
         generator=object(),  # type: ignore[arg-type]
     )
-    assert node.servable_models() == [MODEL]
-    assert node.has_route(MODEL) and node.generator(MODEL) is not None
-    assert len(node.routes) == 0  # /v1/models and the TUI only asked
-    route = node.route_for(MODEL)
-    assert route is not None and len(node.routes) == 1
-    assert node.route_for(MODEL) is route
+    return node
+
+
+def test_asking_whether_a_model_is_servable_builds_no_route(origin: Node) -> None:
+    assert origin.servable_models() == [MODEL]
+    assert origin.has_route(MODEL) and origin.generator(MODEL) is not None
+    assert len(origin.routes) == 0  # /v1/models and the TUI only asked
+    route = origin.route_for(MODEL)
+    assert route is not None and len(origin.routes) == 1
+    assert origin.route_for(MODEL) is route
+
+
+def test_the_status_snapshot_says_what_is_hosted_and_served_without_building_routes(origin: Node) -> None:
+    status = node_status(origin)
+    assert status.node_id == "origin" and status.records == {}  # not started: no record published yet
+    assert status.models == (
+        HostedModelStatus(MODEL, total_layers=4, segments=((1, 4),), first_shared_layer=1, servable=True),
+    )
+    assert status.model(MODEL) is status.models[0] and status.model("other") is None
+    assert len(origin.routes) == 0

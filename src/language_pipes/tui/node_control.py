@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from language_pipes.config import LayerModelConfig, NodeConfig
 from language_pipes.logs import FILE_FORMAT, NOISY_LOGGERS, log_file_path
+from language_pipes.node_status import ActiveJob, NodeStatus, active_jobs, node_status
 from language_pipes.process_settings import prepare_native_threads
 
 if TYPE_CHECKING:
@@ -33,24 +33,6 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 class LayerChangeError(RuntimeError):
     """A layer model could not be loaded or unloaded now; the message says why in one line."""
-
-
-@dataclass(frozen=True)
-class ActiveJob:
-    """One request in flight on this node (this node is its origin)."""
-
-    sequence_id: str
-    model_id: str
-    prompt_tokens: int
-    prefilled_tokens: int
-    generated_tokens: int
-
-    @property
-    def prefill_fraction(self) -> float:
-        """Share of the prompt already fed through the pipe (1.0 once decoding)."""
-        if self.prompt_tokens == 0:
-            return 1.0
-        return min(1.0, self.prefilled_tokens / self.prompt_tokens)
 
 
 class NodeControl:
@@ -165,12 +147,9 @@ class NodeControl:
 
     def hosted_layers(self, model_id: str) -> list[tuple[int, int]]:
         """The layer ranges ``[start, end)`` of ``model_id`` this node hosts now."""
-        if self.node is None:
-            return []
-        from language_pipes.vocabulary import ModelId
-
-        hosted = self.node.models.get(ModelId(model_id))
-        return [] if hosted is None else sorted((s.start, s.end) for s in hosted.segments)
+        status = self.status()
+        model = None if status is None else status.model(model_id)
+        return [] if model is None else list(model.segments)
 
     async def load_layer_model(self, entry: LayerModelConfig) -> str:
         """Load one layer model into the running node now; returns what it now hosts, in one line."""
@@ -232,29 +211,13 @@ class NodeControl:
 
     # -- observation ------------------------------------------------------------------------
 
+    def status(self) -> NodeStatus | None:
+        """A snapshot of the running node (None while the network server is not running)."""
+        return None if self.node is None else node_status(self.node)
+
     def active_jobs(self) -> list[ActiveJob]:
         """Requests in flight on this node's schedulers, oldest first."""
-        if self.node is None:
-            return []
-        jobs: list[ActiveJob] = []
-        for hosted in list(self.node.models.values()):
-            if hosted.scheduler is None:
-                continue
-            # The scheduler has no public snapshot of its sequences yet; copy the list it swaps whole.
-            for sequence in hosted.scheduler.active_sequences():
-                if sequence.finished:
-                    continue
-                prompt = len(sequence.request.prompt_token_ids)
-                jobs.append(
-                    ActiveJob(
-                        sequence_id=str(sequence.sequence_id),
-                        model_id=str(hosted.model_id),
-                        prompt_tokens=prompt,
-                        prefilled_tokens=min(sequence.fed, prompt),
-                        generated_tokens=len(sequence.generated),
-                    )
-                )
-        return jobs
+        return [] if self.node is None else active_jobs(self.node)
 
     def _log_to_file(self, config: NodeConfig) -> None:
         """One log file per network-server start, like ``run``; the UI keeps its own copy in view."""
