@@ -70,10 +70,8 @@ from language_pipes.api.sse import SSE_DONE, EventStreamResponse
 from language_pipes.engine.constraints import (
     GrammarCompileError,
     GrammarConstraint,
-    check_json_schema,
     json_object_constraint,
     json_schema_constraint,
-    tool_call_constraint,
 )
 from language_pipes.engine.types import GenerationRequest, TextDelta, TextGenerator
 
@@ -110,21 +108,7 @@ def _build_constraint(
     """Compile the token constraint (runs in a worker thread: compiling can take a moment)."""
     tokenizer = generator.tokenizer
     if mode == "enforced_call":
-        callable_names = {tool.name for tool in callable_tools}
-        # validate_tools keeps the request's order, so the index is the one the client sent.
-        for index, tool in enumerate(all_tools):
-            if tool.name in callable_names and tool.parameters:
-                try:
-                    check_json_schema(
-                        tokenizer, tool.parameters, what=f"The parameters of tool '{tool.name}'"
-                    )
-                except GrammarCompileError as error:
-                    raise invalid_request(str(error), param=f"tools[{index}].parameters") from None
-        try:
-            return tool_call_constraint(tokenizer, {tool.name: tool.parameters for tool in callable_tools})
-        except GrammarCompileError as error:
-            # Each schema compiled alone; only their combination failed.
-            raise invalid_request(str(error), param="tools") from None
+        return tool_calls.enforced_call_constraint(tokenizer, all_tools, callable_tools, "responses")
     output_format = body.output_format()
     if isinstance(output_format, TextFormatJsonSchema):
         try:
