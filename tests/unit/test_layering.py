@@ -20,7 +20,7 @@ PACKAGE = "language_pipes"
 # Bottom first. A unit (a sub-package or a top-level module) may import itself and
 # any unit of a lower layer; units that share a layer are independent of each other.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("vocabulary", "paths", "private_files", "process_settings"),
+    ("vocabulary", "paths", "private_files", "process_settings", "config_messages"),
     ("config",),
     ("config_report", "logs"),
     ("network",),
