@@ -10,12 +10,11 @@ served on the node's own :class:`ModelCatalog` by the same ``create_app`` and
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Literal
 
 from language_pipes.config import LayerModelConfig, NodeConfig
-from language_pipes.logs import FILE_FORMAT, NOISY_LOGGERS, log_file_path
+from language_pipes.logs import apply_level, open_run_log
 from language_pipes.node_status import ActiveJob, NodeStatus, active_jobs, node_status
 from language_pipes.process_settings import prepare_native_threads
 
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("language_pipes.tui")
 
 ServerState = Literal["stopped", "starting", "running", "stopping", "failed"]
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 class LayerChangeError(RuntimeError):
@@ -222,17 +220,11 @@ class NodeControl:
     def _log_to_file(self, config: NodeConfig) -> None:
         """One log file per network-server start, like ``run``; the UI keeps its own copy in view."""
         root = logging.getLogger()
-        root.setLevel(_LEVELS[config.log_level])
-        for name in (*NOISY_LOGGERS, "httpx2"):
-            logging.getLogger(name).setLevel(max(logging.WARNING, _LEVELS[config.log_level]))
+        apply_level(config.log_level)
         if self._file_handler is not None:
             root.removeHandler(self._file_handler)
             self._file_handler.close()
-        path = log_file_path(config.node_id)
-        with contextlib.suppress(FileExistsError):  # another run created the folder just now
-            path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, encoding="utf-8")
-        handler.setFormatter(logging.Formatter(FILE_FORMAT))
+        handler, path = open_run_log(config.node_id)
         root.addHandler(handler)
         self._file_handler, self.log_file = handler, path
 
