@@ -55,8 +55,15 @@ class LocalCluster:
         folder.mkdir(parents=True, exist_ok=True)
 
     def start(
-        self, name: str, body: str, *, job_port: int | None = None, bootstrap: int | None = None
+        self,
+        name: str,
+        body: str,
+        *,
+        job_port: int | None = None,
+        bootstrap: int | None = None,
+        command: list[str] | None = None,
     ) -> RunningNode:
+        """Start a node from a written TOML; ``command`` (given the TOML path last) replaces ``run``."""
         peer_port = free_port()
         lines = [f'node_id = "{name}"', f"peer_port = {peer_port}", f"torch_threads = {self.torch_threads}"]
         if job_port is not None:
@@ -72,7 +79,9 @@ class LocalCluster:
         env = {**os.environ, "LP_APP_DIR": str(self.folder / "app")}
         core = len(self.nodes) % (os.cpu_count() or 1)
         process = subprocess.Popen(
-            [sys.executable, "-m", "language_pipes", "-c", str(config), "run"],
+            [*command, str(config)]
+            if command
+            else [sys.executable, "-m", "language_pipes", "-c", str(config), "run"],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
