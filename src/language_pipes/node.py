@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -38,6 +39,14 @@ from language_pipes.pipes.route_table import RouteTable, plan_hops
 from language_pipes.pipes.routing import Hop
 from language_pipes.pipes.worker import LayerWorker
 from language_pipes.vocabulary import ModelId
+from language_pipes.weights.fetch import WeightFetcher
+from language_pipes.weights.provider import (
+    ModelWeights,
+    end_model_modules,
+    layer_modules,
+    tensors_for_modules,
+)
+from language_pipes.weights.serve import WeightServer
 
 log = logging.getLogger("language_pipes.node")
 
@@ -85,6 +94,21 @@ class Node:
             pins_file=known_nodes_file(config.node_id),
         )
         self.worker = LayerWorker(self.network, config.max_node_jobs)
+        # Weights from peers (language_pipes.weights): this node fetches what it lacks and serves
+        # what it hosts, within its bandwidth and concurrency limits.
+        self.weight_fetcher = WeightFetcher(self.network)
+        self.weights = ModelWeights(self.store, self.weight_fetcher)
+        self.weight_server = (
+            WeightServer(
+                self.network,
+                self.store,
+                lambda: {str(model_id) for model_id in self.models},
+                bytes_per_s=config.weights_serve_bytes_per_s,
+                concurrency=config.weights_serve_concurrency,
+            )
+            if config.weights_serve_bytes_per_s > 0
+            else None
+        )
         self.network.on_peer_lost(self._on_peer_lost)
         self.network.on_records_changed(lambda: self.routes.retire_stale(self.network.records()))
         self.api_server: ApiServer | None = None
@@ -102,13 +126,16 @@ class Node:
         log.info("peer network on port %d as %s", self.config.peer_port, self.config.node_id)
         if self.config.bootstrap_nodes:
             await self._wait_for_peers()
-        await asyncio.to_thread(self._load_end_models)
+        for end_entry in self.config.end_models:
+            await self._load_end_model(end_entry)
         self._publish_record()
         for entry in self.config.layer_models:
             await self._load_layer_model(entry)
         self.worker.start()
         self._start_schedulers()
         self._tasks.append(asyncio.create_task(self._report_load()))
+        if self.weight_server is not None:
+            self._tasks.append(asyncio.create_task(self.weight_server.prepare([str(m) for m in self.models])))
         if self.config.job_port is not None:
             app = create_app(
                 self,
@@ -165,23 +192,43 @@ class Node:
 
     # -- models ----------------------------------------------------------------------------
 
-    def _source(self, model_id: str) -> HostedModel:
-        key = ModelId(model_id)
+    async def _planning_source(self, entry: EndModelConfig | LayerModelConfig) -> ModelSource:
+        """An opened model to plan with: the hosted one, else a folder with its config and headers."""
+        hosted = self.models.get(ModelId(entry.model_id))
+        if hosted is not None:
+            return hosted.source
+        source = entry.model_source or self.config.model_source
+        folder = await self.weights.planning_folder(entry.model_id, source, entry.manifest_sha256)
+        return await asyncio.to_thread(ModelSource.open, folder)
+
+    async def _hosted_with(
+        self, entry: EndModelConfig | LayerModelConfig, planning: ModelSource, modules: list[str]
+    ) -> HostedModel:
+        """The hosted model, its folder holding each tensor of ``modules`` (fetched from peers if need be)."""
+        tensors = tensors_for_modules(planning.reader, modules)
+        folder = await self.weights.ensure_tensors(
+            entry.model_id, planning.folder, tensors, entry.manifest_sha256
+        )
+        key = ModelId(entry.model_id)
         if key not in self.models:
-            folder = self.store.ensure(model_id)
-            self.models[key] = HostedModel(key, ModelSource.open(folder))
+            source = (
+                planning if folder == planning.folder else await asyncio.to_thread(ModelSource.open, folder)
+            )
+            self.models[key] = HostedModel(key, source)
         return self.models[key]
 
-    def _load_end_models(self) -> None:
-        for entry in self.config.end_models:
-            self._load_end_model(entry)
+    async def _load_end_model(self, entry: EndModelConfig) -> None:
+        planning = await self._planning_source(entry)
+        modules = end_model_modules(planning.num_layers, entry.num_local_layers, entry.num_local_last_layers)
+        hosted = await self._hosted_with(entry, planning, modules)
+        await asyncio.to_thread(self._build_end_model, hosted, entry)
 
-    def _load_end_model(self, entry: EndModelConfig) -> None:
-        hosted = self._source(entry.model_id)
+    def _build_end_model(self, hosted: HostedModel, entry: EndModelConfig) -> None:
         log.info(
-            "loading end model %s (%d local layers) on %s",
+            "loading end model %s (%d first and %d last local layers) on %s",
             entry.model_id,
             entry.num_local_layers,
+            entry.num_local_last_layers,
             entry.device,
         )
         weights = weight_format(entry.data_type, entry.device)
@@ -189,6 +236,7 @@ class Node:
             entry.model_id,
             hosted.source.folder,
             num_local_layers=entry.num_local_layers,
+            num_local_last_layers=entry.num_local_last_layers,
             dtype=weights.activation_dtype,
             device=entry.device,
             source=hosted.source,
@@ -197,18 +245,19 @@ class Node:
         )
 
     async def _load_layer_model(self, entry: LayerModelConfig) -> None:
-        hosted = await asyncio.to_thread(self._source, entry.model_id)
+        planning = await self._planning_source(entry)
         weights = weight_format(entry.data_type, entry.device)
-        dtype, source = weights.activation_dtype, hosted.source.with_weights(weights)
+        dtype, planned = weights.activation_dtype, planning.with_weights(weights)
         capacity = layers_that_fit(
             entry.memory * GIGABYTE,
-            source.layer_nbytes(dtype),  # packed sizes for int8 / int4
-            hosted.source.kv_bytes_per_token(dtype),
+            planned.layer_nbytes(dtype),  # packed sizes for int8 / int4
+            planning.kv_bytes_per_token(dtype),
         )
-        first = (
-            hosted.end_model.local_layers.end if hosted.end_model is not None else DEFAULT_FIRST_SHARED_LAYER
-        )
-        span = choose_span(hosted.source.num_layers, first, self._covered(entry.model_id), capacity)
+        end_model = self.models[ModelId(entry.model_id)].end_model if entry.model_id in self.models else None
+        shared = end_model.shared_layers if end_model is not None else None
+        first = shared.start if shared is not None else DEFAULT_FIRST_SHARED_LAYER
+        last = shared.stop if shared is not None else planning.num_layers
+        span = choose_span(last, first, self._covered(entry.model_id), capacity)
         if span is None:
             log.warning(
                 "layer model %s: nothing to host (%.2f GB fits %d layers)",
@@ -217,8 +266,12 @@ class Node:
                 capacity,
             )
             return
+        # Claimed before fetching or loading, so nodes placing at the same time pick other layers.
+        claim = HostedSegment(entry.model_id, span.start, span.end, loaded=False, data_type=weights.name)
+        self._publish_record(claiming=claim)
+        hosted = await self._hosted_with(entry, planning, layer_modules(span.start, span.end))
+        source = hosted.source.with_weights(weights)
         log.info("loading layers %d-%d of %s on %s", span.start, span.end - 1, entry.model_id, entry.device)
-        self._publish_record(claiming=HostedSegment(entry.model_id, span.start, span.end, loaded=False))
         segment = await asyncio.to_thread(
             LayerSegment,
             source,
@@ -260,6 +313,7 @@ class Node:
         log.info("unloaded layers of %s", model_id)
 
     def _covered(self, model_id: str) -> list[LayerSpan]:
+        """Layers the network already hosts, private last layers of end models included."""
         return [
             LayerSpan(segment.start_layer, segment.end_layer)
             for record in self.network.records().values()
@@ -269,9 +323,15 @@ class Node:
 
     def _publish_record(self, claiming: HostedSegment | None = None) -> None:
         segments = [
-            HostedSegment(hosted.model_id, segment.start, segment.end, loaded=True)
+            HostedSegment(hosted.model_id, segment.start, segment.end, True, segment.data_type)
             for hosted in self.models.values()
             for segment in hosted.segments
+        ]
+        # An end model's own last layers: placement leaves them to it, no other origin routes through them.
+        segments += [
+            HostedSegment(hosted.model_id, last.start, last.end, True, last.data_type, private=True)
+            for hosted in self.models.values()
+            if hosted.end_model is not None and (last := hosted.end_model.last_layers) is not None
         ]
         if claiming is not None:
             segments.append(claiming)
@@ -306,8 +366,8 @@ class Node:
             model_id,
             self.network.records(),
             self.node_id,
-            hosted.end_model.local_layers.end,
-            hosted.source.num_layers,
+            hosted.end_model.shared_layers.start,
+            hosted.end_model.shared_layers.stop,
             [(segment.start, segment.end) for segment in hosted.segments],
             self.routes.open_by_node(),
         )
@@ -362,8 +422,18 @@ class Node:
 
 
 def run_node(config: NodeConfig) -> int:
-    """Run a node until SIGINT/SIGTERM; returns the process exit code."""
-    return asyncio.run(_serve(config))
+    """Run a node until SIGINT/SIGTERM; returns the process exit code.
+
+    Only the process's entry point calls this: once the node has stopped, the
+    process exits.
+    """
+    code = asyncio.run(_serve(config))
+    # Every part has stopped and the process exits next. Python's teardown would
+    # now walk the ~half a million objects torch and transformers created with the
+    # cyclic collector, seconds of CPU (tens on a loaded machine) between "stopped"
+    # and the exit. Frozen objects are skipped; the OS frees their memory anyway.
+    gc.freeze()
+    return code
 
 
 async def _serve(config: NodeConfig) -> int:

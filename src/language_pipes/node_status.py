@@ -75,7 +75,7 @@ def node_status(node: Node) -> NodeStatus:
             model_id=hosted.model_id,
             total_layers=hosted.source.num_layers,
             segments=tuple(sorted((segment.start, segment.end) for segment in hosted.segments)),
-            first_shared_layer=None if hosted.end_model is None else hosted.end_model.local_layers.end,
+            first_shared_layer=None if hosted.end_model is None else hosted.end_model.shared_layers.start,
             servable=hosted.model_id in servable,
         )
         for hosted in list(node.models.values())

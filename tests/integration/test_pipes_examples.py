@@ -62,9 +62,7 @@ def test_multi_node_examples_agree_on_key_ports_and_bootstrap(name: str) -> None
         assert [(b.address, b.port) for b in layer.bootstrap_nodes] == [("127.0.0.1", end.peer_port)]
 
 
-def _start_as_written(
-    launcher: NodeLauncher, path: Path, end: NodeProcess | None, key: str
-) -> NodeProcess:
+def _start_as_written(launcher: NodeLauncher, path: Path, end: NodeProcess | None, key: str) -> NodeProcess:
     """Start the example's node with its own settings, moved to free ports."""
     document = _read(path)
     settings = {

@@ -1,15 +1,21 @@
 """Two real node processes: an end-model node (API, layer 0) and a layer node (layers 1-29).
 
-Greedy output through the ``openai`` SDK must be token-identical to transformers
-in one process. The last test SIGKILLs the layer node mid-stream: the client
-must get an error within 5 s, the next request a 503 at once, and the model
-must be servable again once the layer node is restarted (end node untouched).
+The layer node starts with an empty model store and no hub (``HF_ENDPOINT`` names a
+closed local port, ``HF_HUB_OFFLINE`` unset): it fetches the tensors of its layers,
+and only those, from the end node over the keyed peer network. Greedy output through
+the ``openai`` SDK must be token-identical to transformers in one process. The last
+test SIGKILLs the layer node mid-stream: the client must get an error within 5 s,
+the next request a 503 at once, and the model must be servable again once the layer
+node is restarted (end node untouched; the restarted node loads what it fetched).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +30,7 @@ from openai import OpenAI
 from support.cluster import (
     DEFAULT_MODEL,
     ReferenceModel,
+    full_output,
     hosted_layers,
     model_folder,
     new_network_key,
@@ -44,6 +51,15 @@ PROMPTS = [
     ],
 ]
 ERROR_DEADLINE_SECONDS = 5.0
+FETCHED_LINE = re.compile(r"fetched ([\d.]+) MB of \S+ \(([\d.]+) MB already here\) from (.+)")
+
+
+def _no_hub() -> dict[str, str | None]:
+    """The hub unreachable at the HTTP level: a closed local port, offline mode not set."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    return {"HF_ENDPOINT": f"http://127.0.0.1:{closed_port}", "HF_HUB_OFFLINE": None}
 
 
 @dataclass
@@ -53,6 +69,7 @@ class TwoNodeCluster:
     layer: NodeProcess
     network_key: str
     reference: ReferenceModel
+    layer_launcher: NodeLauncher  # its own, empty model store: the layers come from peers
 
     def client(self, timeout: float = 120) -> OpenAI:
         return OpenAI(base_url=self.end.base_url, api_key="unused", max_retries=0, timeout=timeout)
@@ -60,21 +77,32 @@ class TwoNodeCluster:
     def start_layer_node(self) -> NodeProcess:
         """(Re)start the layer node under the same id, so with the same identity key."""
         self.layer = start_layer_node(
-            self.launcher, "layers", self.end, memory_gigabytes=2, network_key=self.network_key
+            self.layer_launcher,
+            "layers",
+            self.end,
+            memory_gigabytes=2,
+            network_key=self.network_key,
+            model_source="peers",
+            environment=_no_hub(),
         )
         return self.layer
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, model_store_dir: Path) -> Iterator[TwoNodeCluster]:
-    launcher = NodeLauncher(tmp_path_factory.mktemp("two-node"), model_store_dir)
+    folder = tmp_path_factory.mktemp("two-node")
+    launcher = NodeLauncher(folder, model_store_dir)
+    layer_launcher = NodeLauncher(folder / "layer-node", folder / "empty-store")
     key = new_network_key()
     try:
         end = start_end_node(launcher, "end", network_key=key)
-        layer = start_layer_node(launcher, "layers", end, memory_gigabytes=2, network_key=key)
+        reference = ReferenceModel(model_folder(model_store_dir))
+        cluster = TwoNodeCluster(launcher, end, end, key, reference, layer_launcher)
+        cluster.start_layer_node()
         end.wait_until_serving(DEFAULT_MODEL)
-        yield TwoNodeCluster(launcher, end, layer, key, ReferenceModel(model_folder(model_store_dir)))
+        yield cluster
     finally:
+        layer_launcher.stop_all()
         launcher.stop_all()
 
 
@@ -82,6 +110,17 @@ def test_layer_node_hosts_every_layer_after_the_end_models(cluster: TwoNodeClust
     assert hosted_layers(cluster.layer) == range(1, 30)
     models = cluster.client().models.list()
     assert [model.id for model in models.data] == [DEFAULT_MODEL]
+
+
+def test_the_layer_node_fetched_only_its_layers_from_the_end_node(cluster: TwoNodeCluster) -> None:
+    fetched = FETCHED_LINE.search(full_output(cluster.layer))
+    assert fetched is not None and fetched.group(3).startswith("end "), full_output(cluster.layer)[-3000:]
+    installed = model_folder(cluster.layer_launcher.model_dir)
+    held = set(json.loads((installed / ".lp-weights.json").read_text())["tensors"])
+    assert "model.embed_tokens.weight" not in held and "model.layers.0.mlp.up_proj.weight" not in held
+    assert "model.layers.29.mlp.up_proj.weight" in held
+    checkpoint = (installed / "model.safetensors").stat().st_size
+    assert float(fetched.group(1)) * 1e6 < 0.85 * checkpoint  # neither the embedding nor layer 0
 
 
 @pytest.mark.parametrize("messages", PROMPTS, ids=["rainbow", "sky"])

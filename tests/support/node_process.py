@@ -3,7 +3,8 @@
 :class:`NodeLauncher` writes a config per node, starts each node in its own
 process group with one torch thread, waits until a node's API lists a model
 (failing with the node's output when it dies or takes too long), and kills
-every node it started at :meth:`NodeLauncher.stop_all`.
+every node it started at :meth:`NodeLauncher.stop_all` (all at once, so a
+cluster stops in the time of its slowest node).
 
 The ``node_launcher`` fixture in tests/conftest.py wraps it; a module that wants
 one node for many tests can use :class:`NodeLauncher` in a module-scoped fixture.
@@ -29,6 +30,8 @@ import tomlkit
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 STARTUP_TIMEOUT_SECONDS = 420.0
 OUTPUT_TAIL_CHARACTERS = 6000
+STOP_TIMEOUT_SECONDS = 15.0
+SERVING_POLL_SECONDS = 0.2  # a GET of /v1/models each time: cheap for the node, and no half second lost
 
 
 def free_port() -> int:
@@ -75,17 +78,44 @@ class NodeProcess:
     def is_running(self) -> bool:
         return self.process.poll() is None
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
         """SIGTERM the node's process group, then SIGKILL it if it does not exit in time."""
+        self.terminate()
+        self.wait_stopped(time.monotonic() + timeout)
+
+    def terminate(self) -> None:
+        """SIGTERM the node's process group (a graceful leave); returns at once."""
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):  # it exited between poll and kill
                 os.killpg(self.process.pid, signal.SIGTERM)
+
+    def wait_stopped(self, deadline: float) -> None:
+        """Wait until the process exits, SIGKILLing its group once ``deadline`` (monotonic) passed."""
+        try:
+            self.process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):  # it exited just now
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(STOP_TIMEOUT_SECONDS)
+
+    def wait_until_answering(self, timeout: float = STARTUP_TIMEOUT_SECONDS) -> None:
+        """Block until the node's API answers ``GET /v1/models`` at all (whatever it lists)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.is_running():
+                raise AssertionError(
+                    f"node {self.node_id} exited with {self.process.returncode} before its API "
+                    f"answered:\n{self.output()}"
+                )
             try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):  # it exited just now
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout)
+                httpx.get(f"{self.base_url}/models", headers=self.auth_headers(), timeout=5)
+                return
+            except httpx.HTTPError:
+                # Not listening yet: the node is still loading its models.
+                time.sleep(SERVING_POLL_SECONDS)
+        raise AssertionError(
+            f"node {self.node_id}'s API did not answer within {timeout:.0f} s:\n{self.output()}"
+        )
 
     def wait_until_serving(
         self, model_id: str = DEFAULT_MODEL, timeout: float = STARTUP_TIMEOUT_SECONDS
@@ -108,7 +138,7 @@ class NodeProcess:
             except (httpx.HTTPError, ValueError) as error:
                 # Not listening yet (connection refused) or not answering JSON yet: keep waiting.
                 last_problem = repr(error)
-            time.sleep(0.5)
+            time.sleep(SERVING_POLL_SECONDS)
         raise AssertionError(
             f"node {self.node_id} did not list {model_id} within {timeout:.0f} s "
             f"(last answer: {last_problem}):\n{self.output()}"
@@ -138,9 +168,13 @@ class NodeLauncher:
         max_api_jobs: int = 5,
         with_api: bool = True,
         torch_threads: int = 1,
+        environment: dict[str, str | None] | None = None,
         **settings: Any,
     ) -> NodeProcess:
-        """Start ``language-pipes -c <folder>/<node_id>/node.toml run`` with ``settings`` as extra keys."""
+        """Start ``language-pipes -c <folder>/<node_id>/node.toml run`` with ``settings`` as extra keys.
+
+        ``environment`` overrides the node's environment variables (None removes one).
+        """
         node_folder = self.folder / node_id
         app_dir = node_folder / "app"
         app_dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +192,7 @@ class NodeLauncher:
         config_path = node_folder / "node.toml"
         config_path.write_text(tomlkit.dumps(config))
         log_path = node_folder / "output.log"
-        environment = {
+        environment_of_node = {
             **os.environ,
             "LP_MODEL_DIR": str(self.model_dir),
             "LP_APP_DIR": str(app_dir),
@@ -167,11 +201,16 @@ class NodeLauncher:
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
         }
+        for name, value in (environment or {}).items():
+            if value is None:
+                environment_of_node.pop(name, None)
+            else:
+                environment_of_node[name] = value
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(
                 _node_command(config_path),
                 cwd=node_folder,
-                env=environment,
+                env=environment_of_node,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -182,7 +221,11 @@ class NodeLauncher:
         self.nodes.append(node)
         return node
 
-    def stop_all(self) -> None:
+    def stop_all(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+        """SIGTERM every node at once, then wait for all of them (one shared deadline, then SIGKILL)."""
         for node in reversed(self.nodes):
-            node.stop()
+            node.terminate()
+        deadline = time.monotonic() + timeout
+        for node in reversed(self.nodes):
+            node.wait_stopped(deadline)
         self.nodes.clear()

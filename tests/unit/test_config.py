@@ -77,6 +77,13 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
     ),
     ("zero_jobs", 'node_id = "a"\nmax_node_jobs = 0\n', "max_node_jobs: must be at least 1"),
     ("end_model_number", 'node_id = "a"\nend_models = [7]\n', "end_models[0]: must be a model id string"),
+    ("model_source", 'node_id = "a"\nmodel_source = "torrent"\n', "model_source: must be one of"),
+    (
+        "manifest_sha256",
+        'node_id = "a"\nend_models = [{model_id = "m", manifest_sha256 = "abc"}]\n',
+        "end_models[0].manifest_sha256: must be 64 hexadecimal",
+    ),
+    ("serve_rate", 'node_id = "a"\nweights_serve_bytes_per_s = -1\n', "weights_serve_bytes_per_s: must be"),
 ]
 
 
@@ -147,6 +154,19 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.bootstrap_nodes == config.layer_models == config.end_models == ()
     assert config.torch_threads == len(os.sched_getaffinity(0))
     assert config.log_level == "info"
+    assert (config.model_source, config.weights_serve_bytes_per_s, config.weights_serve_concurrency) == (
+        "auto",
+        50_000_000,
+        4,
+    )
+
+
+def test_a_model_may_choose_its_source_and_pin_its_manifest(tmp_path: Path) -> None:
+    digest = "AB" * 32
+    text = 'node_id = "a"\n[[layer_models]]\nmodel_id = "m"\nmemory = 1\nmodel_source = "peers"\n'
+    text += f'manifest_sha256 = "{digest}"\n'
+    layer = load_config(str(write(tmp_path, text))).layer_models[0]
+    assert (layer.model_source, layer.manifest_sha256) == ("peers", digest.lower())
 
 
 def test_full_config(tmp_path: Path) -> None:

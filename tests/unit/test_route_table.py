@@ -97,7 +97,7 @@ def origin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Node:
     node.models[MODEL] = HostedModel(
         MODEL,
         source=SimpleNamespace(num_layers=4),  # type: ignore[arg-type]
-        end_model=SimpleNamespace(local_layers=SimpleNamespace(end=1)),  # type: ignore[arg-type]
+        end_model=SimpleNamespace(shared_layers=range(1, 4)),  # type: ignore[arg-type]
         segments=[segment],
         generator=object(),  # type: ignore[arg-type]
     )

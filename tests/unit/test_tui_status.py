@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from language_pipes.network.types import HostedSegment, NodeId, NodeRecord
-from language_pipes.tui.status import JobRates, draw_pipe, missing_before_serving, pipe_views
+from language_pipes.tui.status import (
+    JobRates,
+    describe_segment,
+    draw_pipe,
+    missing_before_serving,
+    pipe_views,
+)
 
 MODEL = "org/model"
 
@@ -64,3 +70,12 @@ def test_job_rates_count_tokens_since_first_seen() -> None:
     assert rates.rate("s", 14, now=3.0) == 5.0
     rates.forget_except([])
     assert rates.first_token_at == {}
+
+
+def test_a_segment_is_described_with_its_data_type_and_state() -> None:
+    assert describe_segment(HostedSegment(MODEL, 1, 16, True, "int8")) == f"{MODEL} 1-15 int8"
+    assert describe_segment(HostedSegment(MODEL, 1, 16, False, "int4")) == f"{MODEL} 1-15 int4 (loading)"
+    assert describe_segment(HostedSegment(MODEL, 28, 30, True, "bfloat16", private=True)) == (
+        f"{MODEL} 28-29 bfloat16 (end model's own)"
+    )
+    assert describe_segment(HostedSegment(MODEL, 1, 4, True)) == f"{MODEL} 1-3"  # an older node: no type

@@ -23,8 +23,10 @@ How output is streamed depends on what it can be:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from fastapi import APIRouter, Request
 from openai.types.responses import ResponseFunctionToolCall
@@ -33,13 +35,13 @@ from starlette.responses import JSONResponse, Response
 from language_pipes.api import tool_calls
 from language_pipes.api.auth import AuthenticatedClient, ClientKey, JobSlot, job_limiter
 from language_pipes.api.body import read_body
-from language_pipes.api.errors import current_request_id, generation_failed, invalid_request
-from language_pipes.api.generation import (
-    GenerationEndedEarly,
-    StartedGeneration,
-    run_generation,
-    start_streamed_generation,
+from language_pipes.api.errors import (
+    current_request_id,
+    finished_with_error,
+    generation_failed,
+    invalid_request,
 )
+from language_pipes.api.generation import GenerationEndedEarly, StartedGeneration, start_streamed_generation
 from language_pipes.api.models_route import completion_token_budget, generator_for
 from language_pipes.api.prompt import encode_prompt
 from language_pipes.api.reasoning import (
@@ -63,17 +65,23 @@ from language_pipes.api.responses_schemas import (
     TextFormatJsonObject,
     TextFormatJsonSchema,
 )
-from language_pipes.api.responses_settings import response_settings
+from language_pipes.api.responses_settings import ResponseSettings
 from language_pipes.api.responses_stream import ResponseBuilder, event_frame
 from language_pipes.api.settings import api_settings
-from language_pipes.api.sse import SSE_DONE, EventStreamResponse
+from language_pipes.api.sse import SSE_DONE, EventStreamResponse, cancel_on_disconnect
 from language_pipes.engine.constraints import (
     GrammarCompileError,
     GrammarConstraint,
     json_object_constraint,
     json_schema_constraint,
 )
-from language_pipes.engine.types import GenerationRequest, TextDelta, TextGenerator
+from language_pipes.engine.types import (
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    TextDelta,
+    TextGenerator,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +96,19 @@ def check_request_options(body: ResponsesRequest) -> None:
         raise invalid_request(
             "max_output_tokens, max_completion_tokens and max_tokens were given with different values.",
             param=alias,
+        )
+    if body.background:
+        raise invalid_request(
+            "background responses are not supported: this node answers each request while it is open.",
+            param="background",
+        )
+    if body.reasoning is not None and body.reasoning.effort is not None:
+        raise invalid_request(
+            "reasoning.effort is not supported: the model's reasoning cannot be steered.", param="reasoning"
+        )
+    if body.top_logprobs:
+        raise invalid_request(
+            "top_logprobs is not supported (logprobs are not supported).", param="top_logprobs"
         )
     output_format = body.output_format()
     structured = output_format is not None and output_format.type != "text"
@@ -177,6 +198,48 @@ async def plan_response(
     )
 
 
+def response_settings(plan: ResponsePlan) -> ResponseSettings:
+    body = plan.body
+    sampling = plan.generation.sampling
+    return ResponseSettings(
+        model=body.model,
+        instructions=body.instructions,
+        tools=plan.tools,
+        tool_choice=plan.tool_choice,
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        presence_penalty=sampling.presence_penalty,
+        frequency_penalty=sampling.frequency_penalty,
+        max_output_tokens=body.requested_max_tokens(),
+        max_tool_calls=body.max_tool_calls,
+        previous_response_id=body.previous_response_id,
+        metadata=body.metadata,
+        text_format=_echoed_format(body),
+        store=body.store is not False,
+        safety_identifier=body.safety_identifier,
+        prompt_cache_key=body.prompt_cache_key,
+        user=body.user,
+        reasoning_summary=body.reasoning_summary(),
+    )
+
+
+def _echoed_format(body: ResponsesRequest) -> dict[str, Any] | None:
+    """``text.format`` as the response echoes it: a json_schema format with ``description`` and ``strict``.
+
+    Both are always present (``None`` / ``False``, OpenAI's defaults, when not sent), as the Open
+    Responses schema requires the keys.
+    """
+    output_format = body.output_format()
+    if output_format is None:
+        return None
+    echoed = output_format.model_dump(by_alias=True, exclude_none=True)
+    if isinstance(output_format, TextFormatJsonSchema):
+        echoed["description"] = output_format.description
+        echoed["strict"] = bool(output_format.strict)
+    return echoed
+
+
 # ---------------------------------------------------------------- store
 
 
@@ -208,6 +271,58 @@ def remember(request: Request, plan: ResponsePlan, builder: ResponseBuilder, cli
 # ---------------------------------------------------------------- endpoint
 
 
+async def _next_event(events: AsyncIterator[GenerationEvent]) -> GenerationEvent | None:
+    try:
+        return await anext(events)
+    except StopAsyncIteration:
+        # The engine ended without Finished; the caller reports it as a failed response.
+        return None
+
+
+async def _compose_whole(generator: TextGenerator, plan: ResponsePlan, composer: OutputComposer) -> None:
+    """Run a non-streamed generation through the composer; an engine failure raises its APIError."""
+    events = generator.generate(plan.generation)
+    try:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                composer.on_delta(event)
+                continue
+            if event.reason == "error":
+                raise finished_with_error(event)
+            composer.on_finished(event)
+            return
+        raise GenerationEndedEarly("the engine ended a sequence without a Finished event")
+    finally:
+        await events.aclose()
+
+
+_HEARTBEAT = object()
+
+
+async def _events_with_heartbeats(
+    started: StartedGeneration, interval: float
+) -> AsyncIterator[GenerationEvent | object | None]:
+    """The engine's events (``None`` when it ends early), and ``_HEARTBEAT`` for each quiet ``interval``."""
+    yield started.first_event
+    if not isinstance(started.first_event, TextDelta):
+        return
+    while True:
+        pending = asyncio.ensure_future(_next_event(started.rest))
+        try:
+            while not (await asyncio.wait({pending}, timeout=interval))[0]:
+                yield _HEARTBEAT
+        finally:
+            if not pending.done():
+                # The stream is being closed mid-wait: stop reading the engine before it is closed.
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pending
+        event = pending.result()
+        yield event
+        if event is None or not isinstance(event, TextDelta):
+            return
+
+
 async def _stream_frames(
     request: Request,
     plan: ResponsePlan,
@@ -218,24 +333,31 @@ async def _stream_frames(
     composer = OutputComposer(builder, plan)
     for event in builder.start():
         yield event_frame(event)
+    current: GenerationEvent | object | None = None
+    events = _events_with_heartbeats(started, api_settings(request).stream_heartbeat_seconds)
     try:
-        async for current in started.events():
-            if isinstance(current, TextDelta):
+        async for current in events:
+            if current is _HEARTBEAT:
+                for event in builder.heartbeat():
+                    yield event_frame(event)
+            elif isinstance(current, TextDelta):
                 for event in composer.on_delta(current):
                     yield event_frame(event)
-            else:
+            elif current is not None:
+                assert isinstance(current, Finished)
                 for event in composer.on_finished(current):
                     yield event_frame(event)
                 remember(request, plan, builder, client)
-    except GenerationEndedEarly:
-        # The engine ended without Finished (an engine bug); the headers are sent: a failed response.
-        for event in builder.fail(generation_failed("the engine ended without Finished").message):
-            yield event_frame(event)
+        if current is None:
+            for event in builder.fail(generation_failed("the engine ended without Finished").message):
+                yield event_frame(event)
     except Exception:
         # The headers are sent, so a failure can only be reported in-band.
         logger.exception("request %s: generation failed during a responses stream", current_request_id())
         for event in builder.fail(generation_failed("unexpected exception during a stream").message):
             yield event_frame(event)
+    finally:
+        await events.aclose()
     yield SSE_DONE
 
 
@@ -265,7 +387,6 @@ async def create_response(request: Request, client: AuthenticatedClient) -> Resp
     composer = OutputComposer(builder, plan)
     builder.start()
     with slot:
-        outcome = await run_generation(request, generator, plan.generation, on_delta=composer.on_delta)
-    composer.on_finished(outcome.finished)
+        await cancel_on_disconnect(request, _compose_whole(generator, plan, composer))
     remember(request, plan, builder, client)
     return JSONResponse(builder.body())

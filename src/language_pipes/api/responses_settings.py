@@ -1,8 +1,11 @@
-"""The request settings a Responses ``Response`` object echoes back, in the SDK's types.
+"""The request settings a Responses ``Response`` object echoes, and the fields they become.
 
-:func:`response_settings` reads them off a planned request once;
-:func:`echoed_settings` gives the snapshot fields the builder
-(:mod:`language_pipes.api.responses_stream`) merges into every ``Response``.
+:class:`ResponseSettings` is filled by :mod:`language_pipes.api.responses`
+from the request; :func:`echoed_fields` turns it into the response fields the
+:class:`~language_pipes.api.responses_stream.ResponseBuilder` snapshot carries
+next to its own state (id, status, output, usage). Every field OpenAI's
+objects and the Open Responses schema require is here, with the value this
+server actually used.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from typing import Any
 from openai.types.responses import FunctionTool, ResponseTextConfig
 
 from language_pipes.api import tool_calls
-from language_pipes.api.responses_plan import ResponsePlan
 
 
 @dataclass
@@ -25,13 +27,20 @@ class ResponseSettings:
     tools: list[tool_calls.FunctionTool] = field(default_factory=list)
     tool_choice: tool_calls.ToolChoice = "auto"
     parallel_tool_calls: bool = True
-    temperature: float | None = None
-    top_p: float | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     max_output_tokens: int | None = None
+    max_tool_calls: int | None = None
     previous_response_id: str | None = None
     metadata: dict[str, str] | None = None
     text_format: dict[str, Any] | None = None
     store: bool = True
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    user: str | None = None
+    reasoning_summary: str | None = None
 
 
 def _tool_choice_value(choice: tool_calls.ToolChoice) -> Any:
@@ -50,10 +59,17 @@ def _tool_value(tool: tool_calls.FunctionTool) -> FunctionTool:
     )
 
 
-def echoed_settings(settings: ResponseSettings) -> dict[str, Any]:
-    """The fields of a ``Response`` that repeat the request's settings."""
+def whole_seconds(response: dict[str, Any]) -> dict[str, Any]:
+    """Timestamps as JSON integers, as OpenAI sends them (the SDK's model types them as floats)."""
+    for key in ("created_at", "completed_at"):
+        if isinstance(response.get(key), float):
+            response[key] = int(response[key])
+    return response
+
+
+def echoed_fields(settings: ResponseSettings) -> dict[str, Any]:
+    """The settings-derived fields of a response snapshot."""
     return {
-        "model": settings.model,
         "parallel_tool_calls": settings.parallel_tool_calls,
         "tool_choice": _tool_choice_value(settings.tool_choice),
         "tools": [_tool_value(tool) for tool in settings.tools],
@@ -63,24 +79,21 @@ def echoed_settings(settings: ResponseSettings) -> dict[str, Any]:
         "top_p": settings.top_p,
         "max_output_tokens": settings.max_output_tokens,
         "previous_response_id": settings.previous_response_id,
-        "text": ResponseTextConfig.model_validate({"format": settings.text_format or {"type": "text"}}),
+        "text": ResponseTextConfig.model_validate(
+            {"format": settings.text_format or {"type": "text"}, "verbosity": "medium"}
+        ),
+        "presence_penalty": settings.presence_penalty,
+        "frequency_penalty": settings.frequency_penalty,
+        "max_tool_calls": settings.max_tool_calls,
+        "store": settings.store,
+        "safety_identifier": settings.safety_identifier,
+        "prompt_cache_key": settings.prompt_cache_key,
+        "user": settings.user,
+        # What this server does, whatever was asked: no reasoning controls, the whole prompt or a
+        # 400, no log probabilities, the answer while the request is open, one service tier.
+        "reasoning": {"effort": None, "summary": settings.reasoning_summary},
+        "truncation": "disabled",
+        "top_logprobs": 0,
+        "background": False,
+        "service_tier": "default",
     }
-
-
-def response_settings(plan: ResponsePlan) -> ResponseSettings:
-    body = plan.body
-    output_format = body.output_format()
-    return ResponseSettings(
-        model=body.model,
-        instructions=body.instructions,
-        tools=plan.tools,
-        tool_choice=plan.tool_choice,
-        parallel_tool_calls=body.parallel_tool_calls is not False,
-        temperature=plan.generation.sampling.temperature,
-        top_p=plan.generation.sampling.top_p,
-        max_output_tokens=body.requested_max_tokens(),
-        previous_response_id=body.previous_response_id,
-        metadata=body.metadata,
-        text_format=output_format.model_dump(by_alias=True, exclude_none=True) if output_format else None,
-        store=body.store is not False,
-    )

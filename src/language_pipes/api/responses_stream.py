@@ -52,7 +52,7 @@ from openai.types.responses.response_reasoning_summary_part_done_event import Pa
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
 from language_pipes.api import tool_calls
-from language_pipes.api.responses_settings import ResponseSettings, echoed_settings
+from language_pipes.api.responses_settings import ResponseSettings, echoed_fields, whole_seconds
 from language_pipes.api.sse import sse_event
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
@@ -65,7 +65,10 @@ def new_item_id(prefix: str) -> str:
 
 def event_frame(event: ResponseStreamEvent) -> str:
     """The SSE frame of one event (named, as OpenAI sends them)."""
-    return sse_event(event.model_dump(mode="json", exclude_unset=True), event=event.type)
+    data = event.model_dump(mode="json", exclude_unset=True, by_alias=True)
+    if isinstance(data.get("response"), dict):
+        whole_seconds(data["response"])
+    return sse_event(data, event=event.type)
 
 
 class ResponseBuilder:
@@ -82,14 +85,18 @@ class ResponseBuilder:
         self.status: Literal["in_progress", "completed", "incomplete", "failed"] = "in_progress"
         self.usage: ResponseUsage | None = None
         self.error: ResponseError | None = None
+        # Set when the response ends with status "completed" (as in OpenAI's objects).
+        self.completed_at: int | None = None
 
     # ---------------------------------------------------------------- snapshot
 
     def snapshot(self) -> Response:
+        settings = self.settings
         fields: dict[str, Any] = {
             "id": self.response_id,
             "object": "response",
             "created_at": self.created_at,
+            "model": settings.model,
             "status": self.status,
             "output": [item.model_copy(deep=True) for item in self.output],
             "incomplete_details": (
@@ -97,7 +104,8 @@ class ResponseBuilder:
             ),
             "error": self.error,
             "usage": self.usage,
-            **echoed_settings(self.settings),
+            "completed_at": self.completed_at,
+            **echoed_fields(settings),
         }
         return Response.model_validate(fields)
 
@@ -113,7 +121,7 @@ class ResponseBuilder:
 
     def body(self) -> dict[str, Any]:
         """The final JSON body (with the SDK's convenience ``output_text`` added, as the seed documents)."""
-        body = self.snapshot().model_dump(mode="json", exclude_unset=True)
+        body = whole_seconds(self.snapshot().model_dump(mode="json", exclude_unset=True, by_alias=True))
         body["output_text"] = self.output_text
         return body
 
@@ -138,6 +146,14 @@ class ResponseBuilder:
             ),
         ]
 
+    def heartbeat(self) -> list[ResponseStreamEvent]:
+        """``response.in_progress`` again: a stream that is busy but has nothing new to send."""
+        return [
+            ResponseInProgressEvent(
+                type="response.in_progress", sequence_number=self._next(), response=self.snapshot()
+            )
+        ]
+
     def finish(
         self, status: EndStatus, *, input_tokens: int, output_tokens: int, reasoning_tokens: int = 0
     ) -> list[ResponseStreamEvent]:
@@ -152,6 +168,7 @@ class ResponseBuilder:
             total_tokens=input_tokens + output_tokens,
         )
         if status == "completed":
+            self.completed_at = int(time.time())
             events.append(
                 ResponseCompletedEvent(
                     type="response.completed", sequence_number=self._next(), response=self.snapshot()

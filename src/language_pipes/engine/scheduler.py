@@ -35,7 +35,8 @@ from language_pipes.engine.sampling import SamplingError, pick_token
 from language_pipes.engine.sequence import Sequence
 from language_pipes.engine.types import FailureKind
 from language_pipes.models.end_model import EndModel
-from language_pipes.models.segment import SegmentBatch
+from language_pipes.models.segment import KVBudgetExceededError, SegmentBatch
+from language_pipes.network.types import PeerRequestFailed, RefusalKind
 from language_pipes.pipes.route import Route
 
 log = logging.getLogger(__name__)
@@ -67,13 +68,26 @@ def fail(
         sequence.finished = True
 
 
-def _refusal_for_client(failure: str) -> str:
+_REFUSAL_WORDS = {
+    RefusalKind.BUSY: "a layer node holds max_node_jobs sequences of this node",
+    RefusalKind.NO_MEMORY: "a layer node has no KV memory left for it",
+    RefusalKind.LEAVING: "a layer node is leaving the network",
+}
+
+
+def refusal_of(error: Exception) -> RefusalKind | None:
+    """The typed reason a hop refused to open a sequence (a peer's, or this node's own KV budget)."""
+    if isinstance(error, PeerRequestFailed):
+        return error.refusal
+    if isinstance(error, KVBudgetExceededError):
+        return RefusalKind.NO_MEMORY
+    return None
+
+
+def refusal_for_client(refusal: RefusalKind | None) -> str:
     """What a client is told when every route refused its sequence: our words, never the peer's text."""
-    if "max_node_jobs" in failure:
-        return "The pipe refused the request: a layer node holds max_node_jobs sequences of this node."
-    if "KV" in failure or "memory" in failure:
-        return "The pipe refused the request: a layer node has no KV memory left for it."
-    return "The pipe refused the request."
+    words = _REFUSAL_WORDS.get(refusal) if refusal is not None else None
+    return f"The pipe refused the request: {words}." if words else "The pipe refused the request."
 
 
 class Lane:
@@ -208,7 +222,7 @@ class Scheduler:
 
     def _open(self, sequence: Sequence) -> bool:
         """Give a new sequence a route whose hops all accept it; a refusing or lost hop means another try."""
-        failures: list[str] = []
+        failures: list[Exception] = []
         for _ in range(MAX_REPLAYS + 1):
             route = self.choose_route()
             if route is None:
@@ -217,19 +231,15 @@ class Scheduler:
                 route.open(sequence.sequence_id, self.max_tokens(sequence))
             except Exception as error:  # noqa: BLE001 - a hop refused or is gone: try a route without it
                 log.warning("could not open sequence on %s: %s", route, error)
-                failures.append(str(error) or type(error).__name__)
+                failures.append(error)
                 route.release(sequence.sequence_id)
                 continue
             sequence.route = route
             return True
         if failures:
-            refusal = failures[-1]
-            fail(
-                sequence,
-                f"the pipe refused the request: {refusal}",
-                "unavailable",
-                _refusal_for_client(refusal),
-            )
+            last = failures[-1]
+            message = f"the pipe refused the request: {str(last) or type(last).__name__}"
+            fail(sequence, message, "unavailable", refusal_for_client(refusal_of(last)))
         else:
             fail(sequence, "no complete pipe serves this model right now", "unavailable")
         return False
@@ -257,7 +267,7 @@ class Scheduler:
 
     def _release(self, sequence: Sequence) -> None:
         try:
-            self.end_model.local_layers.release(sequence.sequence_id)
+            self.end_model.release(sequence.sequence_id)
             if sequence.route is not None:
                 sequence.route.release(sequence.sequence_id)
         except Exception:  # noqa: BLE001 - freeing is best effort; the hops' idle sweep frees what is left
@@ -353,6 +363,7 @@ class Scheduler:
             hidden = route.forward(hidden, batch)
         except Exception as error:  # noqa: BLE001 - any hop failure (lost, refused, late) fails the route
             raise RouteFailure(str(error)) from error
+        hidden = self.end_model.finish_hidden(hidden, batch)
         due_rows: list[int] = []
         due: list[Sequence] = []
         row = -1

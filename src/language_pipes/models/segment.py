@@ -93,6 +93,9 @@ class LayerSegment:
         # Bytes the KV caches may take, all reservations together (None: no limit, no open needed).
         self.kv_budget_bytes: int | None = None
         self.kv_bytes_per_token = source.kv_bytes_per_token(dtype) * (end - start)
+        # The weights' format as records announce it: int8 / int4, else the float dtype's name.
+        float_name = str(dtype).removeprefix("torch.")
+        self.data_type = source.weights.name if source.weights is not None else float_name
         self.context_length = int(getattr(source.config, "max_position_embeddings", 0) or 4096)
 
     @property

@@ -68,6 +68,8 @@ _MODEL_ID_PATTERN = re.compile(r"^(?:[A-Za-z0-9][\w.\-]{0,95}/)?[A-Za-z0-9][\w.\
 _FOLDER_SEPARATOR = "--"
 _DOWNLOAD_PREFIX = ".download-"
 _CONVERT_PREFIX = ".convert-"
+# Where language_pipes.weights stages a model fetched from peers until its tensors are in.
+PEERS_PREFIX = ".peers-"
 _LOCK_FOLDER = ".locks"
 # huggingface_hub's bar of raw network bytes; the bytes written to the files are reported instead.
 _NETWORK_BYTES_BAR = "Downloading bytes"
@@ -189,6 +191,7 @@ class ModelStore:
                 self.local_path(model_id),
                 self._staging_path(_DOWNLOAD_PREFIX, model_id),
                 self._staging_path(_CONVERT_PREFIX, model_id),
+                self._staging_path(PEERS_PREFIX, model_id),
             ):
                 if folder.exists():
                     shutil.rmtree(folder)

@@ -1,4 +1,10 @@
-"""Selective reads from a safetensors model folder: only the tensors a node hosts enter memory."""
+"""Selective reads from a safetensors model folder: only the tensors a node hosts enter memory.
+
+A folder fetched from peers may hold only some tensors (the layers placement gave its node):
+its safetensors files keep their full headers, and ``.lp-weights.json`` lists the tensors whose
+bytes are there. Reading any other tensor raises :class:`MissingTensorError` instead of returning
+the zeros of a file hole.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +27,14 @@ _DTYPE_BYTES = {
     "U8": 1,
     "BOOL": 1,
 }
+
+
+# Written by language_pipes.weights.journal in folders fetched from peers.
+HELD_TENSORS_FILE = ".lp-weights.json"
+
+
+class MissingTensorError(LookupError):
+    """The folder was fetched from peers without these tensors (another node's layers)."""
 
 
 class WeightReader:
@@ -54,6 +68,8 @@ class WeightReader:
 
     def read(self, names: Iterable[str], dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
         """Read the named tensors, cast to ``dtype`` on ``device``; one open per shard."""
+        names = list(names)
+        self._check_held(names)
         by_shard: dict[str, list[str]] = {}
         for name in names:
             by_shard.setdefault(self.shard_of[name], []).append(name)
@@ -66,6 +82,22 @@ class WeightReader:
                         tensor = tensor.to(dtype)
                     tensors[name] = tensor.to(device)
         return tensors
+
+    def stored_names_with_prefix(self, prefix: str) -> list[str]:
+        """Names in the checkpoint (before renames) of the tensors under module prefix ``prefix``."""
+        return [self._stored_name.get(name, name) for name in self.names_with_prefix(prefix)]
+
+    def _check_held(self, names: list[str]) -> None:
+        held_file = self.folder / HELD_TENSORS_FILE
+        if not held_file.is_file():
+            return
+        held = set(json.loads(held_file.read_text())["tensors"])
+        missing = [name for name in names if self._stored_name.get(name, name) not in held]
+        if missing:
+            raise MissingTensorError(
+                f"{self.folder.name} was fetched from peers without {len(missing)} tensors this node "
+                f"now needs (first: {missing[0]}); they must be fetched before loading"
+            )
 
     def shapes_with_prefix(self, prefix: str) -> dict[str, list[int]]:
         """Shapes of the tensors under ``prefix``, from the shard headers only."""

@@ -27,11 +27,11 @@ def plan_hops(
     records: Mapping[NodeId, NodeRecord],
     own_node: NodeId,
     first_layer: int,
-    num_layers: int,
+    last_layer: int,
     own_spans: Iterable[tuple[int, int]],
     open_by_node: Mapping[str, int],
 ) -> tuple[Hop, ...] | None:
-    """Hops over ``[first_layer, num_layers)`` from loaded segments, or None when a layer is missing.
+    """Hops over ``[first_layer, last_layer)`` from loaded segments, or None when a layer is missing.
 
     ``open_by_node`` adds the sequences this origin already has open on each
     node to its gossiped load, which lags by a second.
@@ -46,10 +46,10 @@ def plan_hops(
         for record in records.values()
         if record.node_id != own_node
         for segment in record.segments
-        if segment.model_id == model_id and segment.loaded
+        if segment.model_id == model_id and segment.loaded and not segment.private
     ]
     offers += [Offer(own_node, start, end, 0) for start, end in own_spans]
-    return plan_route(first_layer, num_layers, offers, own_node)
+    return plan_route(first_layer, last_layer, offers, own_node)
 
 
 def describe_hops(hops: tuple[Hop, ...]) -> str:
@@ -58,7 +58,11 @@ def describe_hops(hops: tuple[Hop, ...]) -> str:
 
 def _offers(record: NodeRecord | None, model_id: str, hop: Hop) -> bool:
     return record is not None and any(
-        s.model_id == model_id and s.loaded and s.start_layer <= hop.start and hop.end <= s.end_layer
+        s.model_id == model_id
+        and s.loaded
+        and not s.private
+        and s.start_layer <= hop.start
+        and hop.end <= s.end_layer
         for s in record.segments
     )
 

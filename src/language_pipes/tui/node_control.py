@@ -149,6 +149,12 @@ class NodeControl:
         model = None if status is None else status.model(model_id)
         return [] if model is None else list(model.segments)
 
+    def weight_fetches(self) -> list[str]:
+        """One line per model this node fetched (or is fetching) from peers: bytes, rate and sources."""
+        if self.node is None:
+            return []
+        return [progress.line() for progress in self.node.weight_fetcher.progress.values()]
+
     async def load_layer_model(self, entry: LayerModelConfig) -> str:
         """Load one layer model into the running node now; returns what it now hosts, in one line."""
         node = self._node_for_layer_change()

@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from language_pipes.network.types import NodeRecord
+from language_pipes.network.types import HostedSegment, NodeRecord
 
 GIGABYTE = 1_000_000_000
 
@@ -42,6 +42,16 @@ def missing_before_serving(
         missing.append("start the job server (Home or Jobs > Server)")
     missing += [f"no complete pipe for model {model_id}" for model_id in incomplete_models]
     return missing
+
+
+def describe_segment(segment: HostedSegment) -> str:
+    """``org/model 1-15 int8``: the layers a record announces, their data type and state."""
+    text = f"{segment.model_id} {segment.start_layer}-{segment.end_layer - 1}"
+    if segment.data_type is not None:
+        text += f" {segment.data_type}"
+    if segment.private:
+        text += " (end model's own)"
+    return text if segment.loaded else f"{text} (loading)"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Model weights from peers: manifests, verified range transfers, serving with bounds."""
