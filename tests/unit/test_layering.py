@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("config_report", "logs"),
     ("network",),
     ("models",),
-    ("pipes",),
+    ("pipes", "weights"),
     ("engine",),
     ("api",),
     ("node",),
