@@ -69,8 +69,13 @@ class LocalCluster:
         job_port: int | None = None,
         bootstrap: RunningNode | int | None = None,
         host: Host | None = None,
+        command: list[str] | None = None,
     ) -> RunningNode:
-        """Start one node; with ``host`` it runs in that testbed namespace (``job_port``: any value)."""
+        """Start one node from a written TOML.
+
+        With ``host`` it runs in that testbed namespace (``job_port``: any value); ``command``
+        (given the TOML path last) replaces ``language_pipes -c TOML run``.
+        """
         lines = [f'node_id = "{name}"', f"torch_threads = {self.torch_threads}"]
         if host is None:
             peer_port, address = free_port(), "127.0.0.1"
@@ -98,9 +103,13 @@ class LocalCluster:
         log = (self.folder / f"{name}.log").open("wb")
         env = {**os.environ, "LP_APP_DIR": str(self.folder / "app")}
         core = len(self.nodes) % (os.cpu_count() or 1)
-        command = [sys.executable, "-m", "language_pipes", "-c", str(config), "run"]
+        argv = (
+            [*command, str(config)]
+            if command
+            else [sys.executable, "-m", "language_pipes", "-c", str(config), "run"]
+        )
         process = subprocess.Popen(
-            host.command(command) if host is not None else command,
+            host.command(argv) if host is not None else argv,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

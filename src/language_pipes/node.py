@@ -12,7 +12,6 @@ import contextlib
 import gc
 import logging
 import signal
-from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +22,7 @@ from language_pipes.api.settings import ApiSettings
 from language_pipes.config import EndModelConfig, LayerModelConfig, NodeConfig
 from language_pipes.engine.generator import ModelGenerator
 from language_pipes.engine.scheduler import Scheduler
-from language_pipes.engine.types import ModelId, ModelUnavailableError, ModelUnknownError
+from language_pipes.engine.types import ModelUnavailableError, ModelUnknownError
 from language_pipes.models.end_model import EndModel
 from language_pipes.models.partial import ModelSource
 from language_pipes.models.quantization import weight_format
@@ -32,13 +31,15 @@ from language_pipes.models.store import ModelStore
 from language_pipes.network.identity import load_or_create_identity
 from language_pipes.network.peer_network import PeerNetwork
 from language_pipes.network.pins import known_nodes_file
-from language_pipes.network.types import HostedSegment, NodeId, NodeRecord
+from language_pipes.network.types import HostedSegment, NodeId
 from language_pipes.node_metrics import model_states
 from language_pipes.pipes.placement import KV_HEADROOM_TOKENS, LayerSpan, choose_span, layers_that_fit
 from language_pipes.pipes.remote import RemoteSegment
 from language_pipes.pipes.route import LocalHop, Route, SegmentRunner
-from language_pipes.pipes.routing import Hop, Offer, plan_route
+from language_pipes.pipes.route_table import RouteTable, plan_hops
+from language_pipes.pipes.routing import Hop
 from language_pipes.pipes.worker import LayerWorker
+from language_pipes.vocabulary import ModelId
 from language_pipes.weights.fetch import WeightFetcher
 from language_pipes.weights.provider import (
     ModelWeights,
@@ -78,7 +79,7 @@ class Node:
         self.config = config
         self.store = store or ModelStore()
         self.models: dict[ModelId, HostedModel] = {}
-        self._routes: dict[tuple[ModelId, tuple[Hop, ...]], Route] = {}
+        self.routes = RouteTable(NodeId(config.node_id))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.network = PeerNetwork(
@@ -110,7 +111,7 @@ class Node:
             else None
         )
         self.network.on_peer_lost(self._on_peer_lost)
-        self.network.on_records_changed(self._retire_stale_routes)
+        self.network.on_records_changed(lambda: self.routes.retire_stale(self.network.records()))
         self.api_server: ApiServer | None = None
 
     @property
@@ -299,10 +300,7 @@ class Node:
             return
         leaving, hosted.segments = hosted.segments, []
         self._publish_record()  # peers stop planning through these layers and retire their routes
-        for key, route in list(self._routes.items()):  # this node's own routes through them move too
-            if key[0] == model_id and any(hop.node_id == self.node_id for hop in key[1]):
-                route.retired = True
-                del self._routes[key]
+        self.routes.retire_own_hops(ModelId(model_id))  # this node's own routes through them move too
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_TIMEOUT_S
         while any(segment.sequence_count for segment in leaving) and loop.time() < deadline:
@@ -362,49 +360,33 @@ class Node:
 
     # -- routing ---------------------------------------------------------------------------
 
-    def route_for(self, model_id: ModelId) -> Route | None:
-        """A complete chain of hops over the layers between the end model's local ones, or None."""
+    def _planned_hops(self, model_id: ModelId) -> tuple[HostedModel, tuple[Hop, ...]] | None:
+        """Plan a complete chain of hops after the end model's local layers; builds and caches nothing."""
         hosted = self.models.get(model_id)
         if hosted is None or hosted.end_model is None:
             return None
-        own_load = self._own_load_by_node()
-        offers = [
-            Offer(
-                record.node_id, segment.start_layer, segment.end_layer, record.load + own_load[record.node_id]
-            )
-            for record in self.network.records().values()
-            if record.node_id != self.node_id
-            for segment in record.segments
-            if segment.model_id == model_id and segment.loaded and not segment.private
-        ]
-        offers += [Offer(self.node_id, s.start, s.end, 0) for s in hosted.segments]
-        shared = hosted.end_model.shared_layers
-        hops = plan_route(shared.start, shared.stop, offers, self.node_id)
-        if hops is None:
+        hops = plan_hops(
+            model_id,
+            self.network.records(),
+            self.node_id,
+            hosted.end_model.shared_layers.start,
+            hosted.end_model.shared_layers.stop,
+            [(segment.start, segment.end) for segment in hosted.segments],
+            self.routes.open_by_node(),
+        )
+        return None if hops is None else (hosted, hops)
+
+    def has_route(self, model_id: ModelId) -> bool:
+        """Whether a complete pipe serves ``model_id`` right now (a question: no route is built)."""
+        return self._planned_hops(model_id) is not None
+
+    def route_for(self, model_id: ModelId) -> Route | None:
+        """The route a new sequence of ``model_id`` takes (built and cached on first use), or None."""
+        planned = self._planned_hops(model_id)
+        if planned is None:
             return None
-        route = self._routes.get((model_id, hops))
-        if route is None:
-            route = Route([self._runner(hosted, hop) for hop in hops], name=_describe(hops))
-            self._routes[(model_id, hops)] = route
-        return route
-
-    def _own_load_by_node(self) -> Counter[str]:
-        """Sequences this origin has open on each node right now (gossiped load lags by a second)."""
-        load: Counter[str] = Counter()
-        for (_, hops), route in list(self._routes.items()):
-            for hop in hops:
-                load[hop.node_id] += route.open_sequences
-        return load
-
-    def _retire_stale_routes(self) -> None:
-        """Routes through segments the network no longer offers stop taking steps; their sequences move."""
-        records = self.network.records()
-        for key, route in list(self._routes.items()):
-            model_id, hops = key
-            remote = [hop for hop in hops if hop.node_id != self.node_id]
-            if not all(_offers(records.get(NodeId(hop.node_id)), model_id, hop) for hop in remote):
-                route.retired = True
-                del self._routes[key]
+        hosted, hops = planned
+        return self.routes.route(model_id, hops, lambda hop: self._runner(hosted, hop))
 
     def _runner(self, hosted: HostedModel, hop: Hop) -> SegmentRunner:
         if hop.node_id == self.node_id:
@@ -431,30 +413,15 @@ class Node:
     # -- ModelCatalog (what the API sees) ---------------------------------------------------
 
     def servable_models(self) -> list[ModelId]:
-        return [m for m, hosted in self.models.items() if hosted.generator is not None and self.route_for(m)]
+        return [m for m, hosted in self.models.items() if hosted.generator is not None and self.has_route(m)]
 
     def generator(self, model_id: str) -> ModelGenerator:
         hosted = self.models.get(ModelId(model_id))
         if hosted is None or hosted.generator is None:
             raise ModelUnknownError(model_id)
-        if self.route_for(hosted.model_id) is None:
+        if not self.has_route(hosted.model_id):
             raise ModelUnavailableError(model_id)
         return hosted.generator
-
-
-def _offers(record: NodeRecord | None, model_id: str, hop: Hop) -> bool:
-    return record is not None and any(
-        s.model_id == model_id
-        and s.loaded
-        and not s.private
-        and s.start_layer <= hop.start
-        and hop.end <= s.end_layer
-        for s in record.segments
-    )
-
-
-def _describe(hops: tuple[Hop, ...]) -> str:
-    return " -> ".join(f"{hop.node_id}[{hop.start}:{hop.end}]" for hop in hops)
 
 
 def run_node(config: NodeConfig) -> int:

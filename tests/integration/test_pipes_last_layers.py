@@ -29,13 +29,13 @@ import torch
 from openai import AsyncOpenAI
 
 from language_pipes.config import LayerModelConfig, parse_config
-from language_pipes.engine.types import ModelId, SequenceId
 from language_pipes.models.end_model import EndModel
 from language_pipes.models.segment import LayerSegment, SegmentBatch
 from language_pipes.network.lanes import RequestPrefix, ServerLane
 from language_pipes.network.types import NodeId
 from language_pipes.node import Node
 from language_pipes.pipes.frames import KIND_STEP, decode_step
+from language_pipes.vocabulary import ModelId, SequenceId
 from support.cluster import DEFAULT_MODEL, ReferenceModel, model_folder, new_network_key
 from support.node_process import free_port
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GgufConfig
 
-from language_pipes.models import embedded, store
+from language_pipes.models import default_model, embedded, store
+from language_pipes.models.default_model import prepare_default_model
 from language_pipes.models.embedded import (
     DEFAULT_MODEL_ID,
     INSTALL_COMMAND,
     locate_gguf,
-    prepare_default_model,
 )
 from language_pipes.models.store import ModelStore, ModelStoreError
 
@@ -202,5 +202,5 @@ def test_missing_wheel_says_how_to_install_it(
     assert not ModelStore(tmp_path).is_installed(DEFAULT_MODEL_ID)
 
     monkeypatch.setenv("LP_MODEL_DIR", str(tmp_path))
-    assert embedded.main() == 1
+    assert default_model.main() == 1
     assert INSTALL_COMMAND in capsys.readouterr().err

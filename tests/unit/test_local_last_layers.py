@@ -18,12 +18,13 @@ import torch
 from language_pipes.config import EndModelConfig
 from language_pipes.engine.generator import ModelGenerator
 from language_pipes.engine.scheduler import Scheduler
-from language_pipes.engine.types import Finished, GenerationRequest, SamplingParams, SequenceId, TextDelta
+from language_pipes.engine.types import Finished, GenerationRequest, SamplingParams, TextDelta
 from language_pipes.models.end_model import EndModel
 from language_pipes.models.segment import LayerSegment, SegmentBatch
 from language_pipes.network.types import HostedSegment
 from language_pipes.pipes.placement import LayerSpan, choose_span
 from language_pipes.pipes.route import LocalHop, Route
+from language_pipes.vocabulary import SequenceId
 from language_pipes.weights.provider import end_model_modules
 from support.tiny_models import build_tiny_model, reference_model
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 from language_pipes.engine.scheduler import Scheduler
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.end_model import EndModel
 from language_pipes.models.segment import LayerSegment, SegmentBatch
 from language_pipes.node_metrics import model_states
+from language_pipes.vocabulary import SequenceId
 from support.tiny_models import build_tiny_model
 
 

@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from language_pipes.engine.scheduler import refusal_for_client, refusal_of
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.partial import ModelSource
 from language_pipes.models.segment import KVBudgetExceededError, LayerSegment
 from language_pipes.network.connections import Header
@@ -25,6 +24,7 @@ from language_pipes.network.peer_network import PeerNetwork
 from language_pipes.network.types import NodeId, PeerRequestFailed, RefusalKind, RequestRefused
 from language_pipes.pipes.frames import KIND_OPEN, encode_sequence_ids
 from language_pipes.pipes.worker import LayerWorker
+from language_pipes.vocabulary import SequenceId
 from support.peers import Starter, wait_until
 from support.tiny_models import build_tiny_model
 

@@ -23,14 +23,13 @@ every request for ``/metrics``), then the :class:`~language_pipes.api.guard.Requ
 
 Building blocks for another endpoint: ``body.read_body`` and
 ``schemas.SamplingFields``, ``models_route.completion_token_budget``,
-``chat.run_generation`` / ``chat.start_streamed_generation`` /
-``chat.error_event``, ``sse.EventStreamResponse`` / ``sse.sse_event`` /
+``generation.run_generation`` / ``generation.start_streamed_generation`` /
+``generation.error_event``, ``sse.EventStreamResponse`` / ``sse.sse_event`` /
 ``sse.SSE_DONE``.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 
@@ -41,7 +40,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
 from language_pipes import metrics
-from language_pipes.api import chat, metrics_route, models_route
+from language_pipes.api import chat, metrics_route, models_route, responses
 from language_pipes.api.auth import JobLimiter
 from language_pipes.api.errors import (
     APIError,
@@ -98,16 +97,6 @@ async def _unexpected_error(request: Request, error: Exception) -> Response:
     return internal_error().response()
 
 
-def _include_responses_router(app: FastAPI) -> None:
-    try:
-        responses = importlib.import_module("language_pipes.api.responses")
-    except ImportError:
-        # The Responses endpoint is optional while it is being written; chat and models work without it.
-        logger.warning("the /v1/responses endpoint is not available", exc_info=True)
-        return
-    app.include_router(responses.router)
-
-
 def create_app(
     catalog: ModelCatalog,
     *,
@@ -147,7 +136,7 @@ def create_app(
     app.include_router(chat.router)
     app.include_router(models_route.router)
     app.include_router(metrics_route.router)
-    _include_responses_router(app)
+    app.include_router(responses.router)
     if settings.allowed_origins:
         # Browsers on an allowed origin need CORS answers; the guard has refused every other origin.
         origins = ["*"] if ANY in settings.allowed_origins else sorted(settings.allowed_origins)

@@ -35,13 +35,13 @@ from starlette.responses import JSONResponse, Response
 from language_pipes.api import tool_calls
 from language_pipes.api.auth import AuthenticatedClient, ClientKey, JobSlot, job_limiter
 from language_pipes.api.body import read_body
-from language_pipes.api.chat import GenerationEndedEarly, StartedGeneration, start_streamed_generation
 from language_pipes.api.errors import (
     current_request_id,
     finished_with_error,
     generation_failed,
     invalid_request,
 )
+from language_pipes.api.generation import GenerationEndedEarly, StartedGeneration, start_streamed_generation
 from language_pipes.api.models_route import completion_token_budget, generator_for
 from language_pipes.api.prompt import encode_prompt
 from language_pipes.api.reasoning import (
@@ -72,10 +72,8 @@ from language_pipes.api.sse import SSE_DONE, EventStreamResponse, cancel_on_disc
 from language_pipes.engine.constraints import (
     GrammarCompileError,
     GrammarConstraint,
-    check_json_schema,
     json_object_constraint,
     json_schema_constraint,
-    tool_call_constraint,
 )
 from language_pipes.engine.types import (
     Finished,
@@ -131,21 +129,7 @@ def _build_constraint(
     """Compile the token constraint (runs in a worker thread: compiling can take a moment)."""
     tokenizer = generator.tokenizer
     if mode == "enforced_call":
-        callable_names = {tool.name for tool in callable_tools}
-        # validate_tools keeps the request's order, so the index is the one the client sent.
-        for index, tool in enumerate(all_tools):
-            if tool.name in callable_names and tool.parameters:
-                try:
-                    check_json_schema(
-                        tokenizer, tool.parameters, what=f"The parameters of tool '{tool.name}'"
-                    )
-                except GrammarCompileError as error:
-                    raise invalid_request(str(error), param=f"tools[{index}].parameters") from None
-        try:
-            return tool_call_constraint(tokenizer, {tool.name: tool.parameters for tool in callable_tools})
-        except GrammarCompileError as error:
-            # Each schema compiled alone; only their combination failed.
-            raise invalid_request(str(error), param="tools") from None
+        return tool_calls.enforced_call_constraint(tokenizer, all_tools, callable_tools, "responses")
     output_format = body.output_format()
     if isinstance(output_format, TextFormatJsonSchema):
         try:
@@ -323,7 +307,7 @@ async def _events_with_heartbeats(
     if not isinstance(started.first_event, TextDelta):
         return
     while True:
-        pending = asyncio.ensure_future(_next_event(started.events))
+        pending = asyncio.ensure_future(_next_event(started.rest))
         try:
             while not (await asyncio.wait({pending}, timeout=interval))[0]:
                 yield _HEARTBEAT

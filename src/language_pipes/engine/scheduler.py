@@ -33,6 +33,7 @@ import torch
 
 from language_pipes.engine.sampling import SamplingError, pick_token
 from language_pipes.engine.sequence import Sequence
+from language_pipes.engine.types import FailureKind
 from language_pipes.models.end_model import EndModel
 from language_pipes.models.segment import KVBudgetExceededError, SegmentBatch
 from language_pipes.network.types import PeerRequestFailed, RefusalKind
@@ -56,10 +57,12 @@ class RouteFailure(Exception):
     """A hop of the route failed or missed its deadline: the route's sequences move elsewhere."""
 
 
-def fail(sequence: Sequence, message: str, status: int = 500, public: str | None = None) -> None:
+def fail(
+    sequence: Sequence, message: str, failure: FailureKind = "internal", public: str | None = None
+) -> None:
     """Finish ``sequence`` with an error; never raises (its client may be gone already)."""
     try:
-        sequence.finish("error", message, status, public)
+        sequence.finish("error", message, failure, public)
     except Exception:  # noqa: BLE001 - emitting to a vanished client must not take the lane down
         log.exception("could not report the failure of sequence %s", sequence.sequence_id)
         sequence.finished = True
@@ -183,7 +186,7 @@ class Scheduler:
         waiting += _drain(self._incoming)
         for sequence in waiting:
             if sequence is not None:
-                sequence.finish("error", "the node is shutting down", 503)
+                sequence.finish("error", "the node is shutting down", "unavailable")
 
     def submit(self, sequence: Sequence) -> None:
         self._incoming.put_nowait(sequence)
@@ -215,7 +218,7 @@ class Scheduler:
                 log.exception("could not admit sequence %s", sequence.sequence_id)
                 if sequence.route is not None:
                     sequence.route.release(sequence.sequence_id)
-                fail(sequence, f"the request could not be scheduled: {type(error).__name__}", 503)
+                fail(sequence, f"the request could not be scheduled: {type(error).__name__}", "unavailable")
 
     def _open(self, sequence: Sequence) -> bool:
         """Give a new sequence a route whose hops all accept it; a refusing or lost hop means another try."""
@@ -236,9 +239,9 @@ class Scheduler:
         if failures:
             last = failures[-1]
             message = f"the pipe refused the request: {str(last) or type(last).__name__}"
-            fail(sequence, message, 503, refusal_for_client(refusal_of(last)))
+            fail(sequence, message, "unavailable", refusal_for_client(refusal_of(last)))
         else:
-            fail(sequence, "no complete pipe serves this model right now", 503)
+            fail(sequence, "no complete pipe serves this model right now", "unavailable")
         return False
 
     def max_tokens(self, sequence: Sequence) -> int:
@@ -307,12 +310,18 @@ class Scheduler:
                 route = self.choose_route() if sequence.replays <= MAX_REPLAYS else None
                 if route is None:
                     fail(
-                        sequence, f"a node on the route failed and no other route is available: {error}", 503
+                        sequence,
+                        f"a node on the route failed and no other route is available: {error}",
+                        "unavailable",
                     )
                     continue
                 route.open(sequence.sequence_id, self.max_tokens(sequence))
             except Exception as open_error:  # noqa: BLE001 - the new route refused too: report both failures
-                fail(sequence, f"a node on the route failed ({error}); rerouting failed: {open_error}", 503)
+                fail(
+                    sequence,
+                    f"a node on the route failed ({error}); rerouting failed: {open_error}",
+                    "unavailable",
+                )
                 continue
             log.info(
                 "replaying sequence %s (%d tokens) on %s", sequence.sequence_id, len(sequence.tokens), route

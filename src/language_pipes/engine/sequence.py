@@ -17,14 +17,15 @@ import torch
 from language_pipes.engine.detokenize import IncrementalDetokenizer, StopMatcher
 from language_pipes.engine.sampling import make_generator
 from language_pipes.engine.types import (
+    FailureKind,
     Finished,
     FinishReason,
     GenerationEvent,
     GenerationRequest,
-    SequenceId,
     TextDelta,
 )
 from language_pipes.pipes.route import Route
+from language_pipes.vocabulary import SequenceId
 
 
 @dataclass
@@ -107,7 +108,7 @@ class Sequence:
         self,
         reason: FinishReason,
         error: str | None = None,
-        error_status: int = 500,
+        failure: FailureKind = "internal",
         public_error: str | None = None,
     ) -> None:
         if self.finished:
@@ -121,7 +122,7 @@ class Sequence:
                 prompt_tokens=len(self.request.prompt_token_ids),
                 completion_tokens=len(self.generated),
                 error=error,
-                error_status=error_status,
+                failure=failure,
                 public_error=public_error,
             )
         )

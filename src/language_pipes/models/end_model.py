@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.invariance import make_batch_invariant
 from language_pipes.models.partial import ModelSource
 from language_pipes.models.quantization import WeightFormat
 from language_pipes.models.segment import LayerSegment, SegmentBatch
+from language_pipes.vocabulary import SequenceId
 
 
 class EndModel:
@@ -89,10 +89,6 @@ class EndModel:
         if self.last_layers is not None:
             self.last_layers.release(sequence_id)
 
-    @property
-    def vocab_size(self) -> int:
-        return int(self.head.out_features)
-
     def embed(self, token_ids: list[int]) -> torch.Tensor:
         """``[1, len(token_ids), hidden]`` hidden states for a packed step."""
         ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
@@ -106,12 +102,8 @@ class EndModel:
             logits = self.head(self.norm(hidden)).float()
             return self.source.family.finish_logits(self.config, logits)
 
-    def encode_chat(
-        self, messages: list[dict[str, object]], tools: list[dict[str, object]] | None = None
-    ) -> list[int]:
-        rendered = self.tokenizer.apply_chat_template(
-            messages, tools=tools, add_generation_prompt=True, tokenize=False
-        )
+    def encode_chat(self, messages: list[dict[str, object]]) -> list[int]:
+        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return list(self.tokenizer.encode(rendered, add_special_tokens=False))
 
 

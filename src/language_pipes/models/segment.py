@@ -20,12 +20,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.attention import PackedLayout
 from language_pipes.models.fusion import fuse_projections
 from language_pipes.models.invariance import make_batch_invariant
 from language_pipes.models.kv_cache import SequenceCache
 from language_pipes.models.partial import ModelSource
+from language_pipes.vocabulary import SequenceId
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ import time
 import torch
 
 from language_pipes import metrics
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.segment import SegmentBatch
 from language_pipes.network.peer_network import PeerNetwork
 from language_pipes.network.transport import PeerLink
@@ -38,6 +37,7 @@ from language_pipes.pipes.frames import (
     tensor_bytes,
     tensor_from_bytes,
 )
+from language_pipes.vocabulary import SequenceId
 
 # Default deadline of one step on one hop: a base plus an allowance per token of the step
 # (NodeConfig.step_timeout_s and step_timeout_per_token_s set them per node).

@@ -28,7 +28,6 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.segment import KVBudgetExceededError, LayerSegment, StepOutOfBoundsError
 from language_pipes.network.peer_network import Header, PeerNetwork, Reply
 from language_pipes.network.types import NodeId, RefusalKind, RequestRefused
@@ -43,6 +42,7 @@ from language_pipes.pipes.frames import (
     tensor_bytes,
     tensor_from_bytes,
 )
+from language_pipes.vocabulary import SequenceId
 
 log = logging.getLogger(__name__)
 

@@ -86,17 +86,18 @@ class NetworkTab(DashboardTab):
         control = self.dashboard.control
         table = self.query_one("#peers", DataTable)
         table.clear()
-        if control.node is None:
+        status = control.status()
+        if status is None:
             self.query_one("#network-status", Static).update(f"Network server: {control.network_state}")
             return
-        records = control.node.network.records()
+        records = status.records
         self.query_one("#network-status", Static).update(
-            f"Network server: running as {control.node.node_id} on port {control.node.network.peer_port}; "
+            f"Network server: running as {status.node_id} on port {status.peer_port}; "
             f"{len(records) - 1} peer(s)"
         )
         for node_id, record in sorted(records.items()):
             hosts = ", ".join(describe_segment(segment) for segment in record.segments)
-            me = " (this node)" if node_id == control.node.node_id else ""
+            me = " (this node)" if node_id == status.node_id else ""
             table.add_row(
                 f"{node_id}{me}",
                 f"{record.address}:{record.port}",

@@ -20,17 +20,19 @@ class PipesTab(DashboardTab):
         yield Static("", id="pipes")
 
     def refresh_live(self) -> None:
-        node = self.dashboard.control.node
+        status = self.dashboard.control.status()
         widget = self.query_one("#pipes", Static)
-        if node is None:
+        if status is None:
             widget.update("Start the network server to see the pipes of the network.")
             return
-        total = {str(m): h.source.num_layers for m, h in node.models.items()}
+        total = {str(model.model_id): model.total_layers for model in status.models}
         first = {
-            str(m): h.end_model.local_layers.end for m, h in node.models.items() if h.end_model is not None
+            str(model.model_id): model.first_shared_layer
+            for model in status.models
+            if model.first_shared_layer is not None
         }
-        complete = {str(m): node.route_for(m) is not None for m, h in node.models.items() if h.end_model}
-        views = pipe_views(node.network.records(), total, first, complete)
+        complete = {str(model.model_id): model.servable for model in status.models if model.has_end_model}
+        views = pipe_views(status.records, total, first, complete)
         if not views:
             widget.update("No model is hosted anywhere in the network yet.")
             return
