@@ -1,4 +1,8 @@
-"""Start local Language Pipes node processes for benchmarks (real processes, real sockets)."""
+"""Start local Language Pipes node processes for benchmarks (real processes, real sockets).
+
+Nodes run on 127.0.0.1, or each in a host of a :class:`language_pipes.testbed.netns.Testbed`
+(``host=``), where its peer and lane traffic passes through that host's delay proxy.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,12 @@ from pathlib import Path
 
 import httpx
 import psutil
+import tomlkit
 import torch
 
 from language_pipes.models.partial import ModelSource
 from language_pipes.pipes.placement import KV_HEADROOM_TOKENS
+from language_pipes.testbed.netns import API_PORT, PEER_PORT, Host, node_settings
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -33,6 +39,7 @@ class RunningNode:
     process: subprocess.Popen[bytes]
     job_port: int | None
     peer_port: int
+    address: str = "127.0.0.1"  # where its API and peer port are reached
 
     def peak_rss_mb(self) -> float:
         """Peak resident memory (VmHWM) of the node process so far."""
@@ -55,31 +62,61 @@ class LocalCluster:
         folder.mkdir(parents=True, exist_ok=True)
 
     def start(
-        self, name: str, body: str, *, job_port: int | None = None, bootstrap: int | None = None
+        self,
+        name: str,
+        body: str,
+        *,
+        job_port: int | None = None,
+        bootstrap: RunningNode | int | None = None,
+        host: Host | None = None,
+        command: list[str] | None = None,
     ) -> RunningNode:
-        peer_port = free_port()
-        lines = [f'node_id = "{name}"', f"peer_port = {peer_port}", f"torch_threads = {self.torch_threads}"]
+        """Start one node from a written TOML.
+
+        With ``host`` it runs in that testbed namespace (``job_port``: any value); ``command``
+        (given the TOML path last) replaces ``language_pipes -c TOML run``.
+        """
+        lines = [f'node_id = "{name}"', f"torch_threads = {self.torch_threads}"]
+        if host is None:
+            peer_port, address = free_port(), "127.0.0.1"
+            lines.append(f"peer_port = {peer_port}")
+            if job_port is not None:
+                lines.append(f"job_port = {job_port}")
+        else:
+            settings = node_settings(host, with_api=job_port is not None)
+            peer_port, address = PEER_PORT, host.address
+            job_port = API_PORT if job_port is not None else None
+            lines.append(tomlkit.dumps(settings))
         if job_port is not None:
-            lines.append(f"job_port = {job_port}")
             lines.append("max_api_jobs = 64")
         lines.append("max_node_jobs = 64")
         lines.append(body)
         if bootstrap is not None:
-            lines.append(f'[[bootstrap_nodes]]\naddress = "127.0.0.1"\nport = {bootstrap}')
+            address, port = (
+                (bootstrap.address, bootstrap.peer_port)
+                if isinstance(bootstrap, RunningNode)
+                else ("127.0.0.1", bootstrap)
+            )
+            lines.append(f'[[bootstrap_nodes]]\naddress = "{address}"\nport = {port}')
         config = self.folder / f"{name}.toml"
         config.write_text("\n".join(lines) + "\n")
         log = (self.folder / f"{name}.log").open("wb")
         env = {**os.environ, "LP_APP_DIR": str(self.folder / "app")}
         core = len(self.nodes) % (os.cpu_count() or 1)
+        argv = (
+            [*command, str(config)]
+            if command
+            else [sys.executable, "-m", "language_pipes", "-c", str(config), "run"]
+        )
         process = subprocess.Popen(
-            [sys.executable, "-m", "language_pipes", "-c", str(config), "run"],
+            host.command(argv) if host is not None else argv,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
             preexec_fn=(lambda: os.sched_setaffinity(0, {core})) if self.core_per_node else None,
         )
-        node = RunningNode(name, process, job_port, peer_port)
+        node = RunningNode(name, process, job_port, peer_port, address)
         self.nodes.append(node)
         return node
 
@@ -89,7 +126,7 @@ class LocalCluster:
             if node.process.poll() is not None:
                 raise RuntimeError(f"{node.name} exited; see {self.folder / (node.name + '.log')}")
             try:
-                models = httpx.get(f"http://127.0.0.1:{node.job_port}/v1/models", timeout=2).json()
+                models = httpx.get(f"http://{node.address}:{node.job_port}/v1/models", timeout=2).json()
                 if any(m["id"] == model for m in models.get("data", [])):
                     return
             except httpx.HTTPError:

@@ -32,11 +32,11 @@ from typing import Any
 
 import torch
 
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.end_model import EndModel
 from language_pipes.models.quantization import QuantizedLinear
 from language_pipes.models.quantization import weight_format as make_weight_format
 from language_pipes.models.segment import SegmentBatch
+from language_pipes.vocabulary import SequenceId
 
 HERE = Path(__file__).resolve().parent
 TEXT = HERE / "data" / "perplexity_text.txt"
@@ -76,7 +76,7 @@ def _held_bytes(model: EndModel) -> int:
 
 def measure_one(data_type: str, text_tokens: int, chunk: int, decode_steps: int) -> dict[str, Any]:
     """Everything for one data type, in this (fresh) process."""
-    from language_pipes.models.embedded import prepare_default_model
+    from language_pipes.models.default_model import prepare_default_model
 
     folder = prepare_default_model()
     rss_before = _rss_kib("VmRSS")

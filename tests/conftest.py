@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from language_pipes import paths
-from language_pipes.models.embedded import prepare_default_model
+from language_pipes.models.default_model import prepare_default_model
 from language_pipes.process_settings import prepare_native_threads
 from support.node_process import NodeLauncher
 from support.peers import start_node  # noqa: F401 - a fixture: PeerNetworks in this process

@@ -82,16 +82,8 @@ def command_run(config: NodeConfig) -> int:
 
 
 def command_tui(config_argument: str | None, start: bool = False) -> int:
-    try:
-        from language_pipes.tui.app import run_tui
-    except ImportError as error:
-        # The terminal interface is not part of this build yet; point at the headless commands.
-        if error.name not in ("language_pipes.tui.app", None):
-            raise
-        return fail(
-            "the terminal interface is not available in this build; "
-            "use 'language-pipes -c FILE run' (see language-pipes -h)"
-        )
+    from language_pipes.tui.app import run_tui  # textual loads only for the terminal interface
+
     if start and config_argument is None:
         raise ConfigError("--start needs a configuration: language-pipes -c FILE --start")
     return run_tui(resolve_config_path(config_argument) if config_argument else None, start=start)

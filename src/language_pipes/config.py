@@ -9,9 +9,7 @@ what is wrong, e.g. ``config.toml: peer_port: must be between 1 and 65535 (got 7
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
-import json
 import math
 import os
 import re
@@ -33,6 +31,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from language_pipes.config_messages import describe_problem
 from language_pipes.paths import configs_dir
 from language_pipes.private_files import write_private_text
 
@@ -185,10 +184,13 @@ class LayerModelConfig(_StrictModel):
 
 
 class EndModelConfig(_StrictModel):
-    """Tokenizer, embedding, norm, head and the first ``num_local_layers`` layers of a model."""
+    """Tokenizer, embedding, norm, head, and the first and (optionally) last decoder layers of a model."""
 
     model_id: NonEmptyText
     num_local_layers: int = Field(default=1, ge=0)
+    # Also run the model's last layers here, so the final hidden states (a norm and the public head
+    # away from the output tokens) never leave this node; layer nodes then host only the middle.
+    num_local_last_layers: int = Field(default=0, ge=0)
     device: Device = "cpu"
     # Unset: bfloat16 on cpu, float16 elsewhere. int8 / int4 quantize the local layers and the head.
     data_type: DataType | None = None
@@ -242,6 +244,8 @@ class NodeConfig(_StrictModel):
     # in one step through the pipe; at most speculation_max_tokens drafted tokens per step.
     speculation: bool = True
     speculation_max_tokens: int = Field(default=6, ge=1, le=32)
+    # Micro-batches an origin keeps in flight through a pipe that reaches other machines (one thread each).
+    remote_lanes: int = Field(default=2, ge=1, le=8)
     # Missing models: "auto" (hub, then peers), "hub" or "peers" (language_pipes.weights).
     model_source: ModelSourceName = "auto"
     # Serving weights to peers: bytes per second (0 serves none) and pieces read at once.
@@ -362,83 +366,15 @@ def _describe_syntax_error(error: tomllib.TOMLDecodeError) -> str:
 # Error messages
 # ---------------------------------------------------------------------------
 
-_PROBLEMS: dict[str, str] = {
-    "missing": "required key is missing",
-    "int_type": "must be an integer",
-    "int_parsing": "must be an integer",
-    "int_from_float": "must be an integer",
-    "float_type": "must be a number",
-    "float_parsing": "must be a number",
-    "string_type": "must be a string",
-    "bool_type": "must be true or false",
-    "list_type": "must be a list",
-    "tuple_type": "must be a list",
-    "model_type": "must be a table",
-    "model_attributes_type": "must be a table",
-    "dict_type": "must be a table",
-    "finite_number": "must be a finite number",
-}
-_NO_ECHO = frozenset({"missing", "extra_forbidden", "environment"})
-
 
 def _all_field_names() -> list[str]:
     models: Iterable[type[BaseModel]] = (NodeConfig, BootstrapNode, LayerModelConfig, EndModelConfig)
     return sorted({name for model in models for name in model.model_fields})
 
 
-def _format_location(location: tuple[int | str, ...]) -> str:
-    text = ""
-    for part in location:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _describe_value(value: Any) -> str:
-    """A short TOML-looking rendering of an offending value."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        return json.dumps(shown, ensure_ascii=False)
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list | tuple):
-        return "a list"
-    return str(value)
-
-
 def describe_one_error(error: ErrorDetails) -> str:
-    """``key.path: problem (got value)`` for one pydantic error, without echoing secrets."""
-    kind = error["type"]
-    location = tuple(error["loc"])
-    context = error.get("ctx", {})
-    if kind == "extra_forbidden":
-        unknown = str(location[-1])
-        if len(location) > 1 and unknown in NodeConfig.model_fields:
-            # TOML puts every key after a [[table]] header into that table.
-            hint = " (a top-level key: move it above the first [table] or [[table]] header)"
-        else:
-            close = difflib.get_close_matches(unknown, _all_field_names(), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close and close[0] != unknown else ""
-        parent = _format_location(location[:-1])
-        return f"{parent + ': ' if parent else ''}unknown key '{unknown}'{hint}"
-    if kind in _PROBLEMS:
-        problem = _PROBLEMS[kind]
-    elif kind == "greater_than_equal":
-        problem = f"must be at least {context['ge']}"
-    elif kind == "greater_than":
-        problem = f"must be greater than {context['gt']}"
-    elif kind == "less_than_equal":
-        problem = f"must be at most {context['le']}"
-    elif kind == "literal_error":
-        problem = f"must be one of {context['expected']}"
-    else:
-        problem = error["msg"]
-    secret = any(part in SECRET_KEYS for part in location)
-    if kind not in _NO_ECHO and not secret:
-        problem += f" (got {_describe_value(error['input'])})"
-    key = _format_location(location)
-    return " ".join(f"{key + ': ' if key else ''}{problem}".split())
+    """``key.path: problem (got value)`` for one pydantic error of a config, without echoing secrets."""
+    return describe_problem(error, set(NodeConfig.model_fields), _all_field_names(), SECRET_KEYS)
 
 
 def describe_validation_error(error: ValidationError) -> str:

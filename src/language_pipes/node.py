@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
-from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +23,7 @@ from language_pipes.config import EndModelConfig, LayerModelConfig, NodeConfig
 from language_pipes.engine.generator import ModelGenerator
 from language_pipes.engine.scheduler import Scheduler
 from language_pipes.engine.speculation import SpeculationSettings
-from language_pipes.engine.types import ModelId, ModelUnavailableError, ModelUnknownError
+from language_pipes.engine.types import ModelUnavailableError, ModelUnknownError
 from language_pipes.models.end_model import EndModel
 from language_pipes.models.partial import ModelSource
 from language_pipes.models.quantization import weight_format
@@ -32,12 +32,15 @@ from language_pipes.models.store import ModelStore
 from language_pipes.network.identity import load_or_create_identity
 from language_pipes.network.peer_network import PeerNetwork
 from language_pipes.network.pins import known_nodes_file
-from language_pipes.network.types import HostedSegment, NodeId, NodeRecord
+from language_pipes.network.types import HostedSegment, NodeId
+from language_pipes.node_metrics import model_states
 from language_pipes.pipes.placement import KV_HEADROOM_TOKENS, LayerSpan, choose_span, layers_that_fit
 from language_pipes.pipes.remote import RemoteSegment
 from language_pipes.pipes.route import LocalHop, Route, SegmentRunner
-from language_pipes.pipes.routing import Hop, Offer, plan_route
+from language_pipes.pipes.route_table import RouteTable, plan_hops
+from language_pipes.pipes.routing import Hop
 from language_pipes.pipes.worker import LayerWorker
+from language_pipes.vocabulary import ModelId
 from language_pipes.weights.fetch import WeightFetcher
 from language_pipes.weights.provider import (
     ModelWeights,
@@ -77,7 +80,7 @@ class Node:
         self.config = config
         self.store = store or ModelStore()
         self.models: dict[ModelId, HostedModel] = {}
-        self._routes: dict[tuple[ModelId, tuple[Hop, ...]], Route] = {}
+        self.routes = RouteTable(NodeId(config.node_id))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.network = PeerNetwork(
@@ -109,7 +112,7 @@ class Node:
             else None
         )
         self.network.on_peer_lost(self._on_peer_lost)
-        self.network.on_records_changed(self._retire_stale_routes)
+        self.network.on_records_changed(lambda: self.routes.retire_stale(self.network.records()))
         self.api_server: ApiServer | None = None
 
     @property
@@ -141,6 +144,7 @@ class Node:
                 api_keys=list(self.config.api_keys),
                 max_api_jobs=self.config.max_api_jobs,
                 settings=ApiSettings.from_config(self.config),
+                node_state=lambda: model_states(list(self.models.values())),
             )
             self.api_server = ApiServer(app, host=self.config.api_ip, port=self.config.job_port)
             await self.api_server.start()
@@ -188,6 +192,7 @@ class Node:
                     speculation=SpeculationSettings(
                         self.config.speculation, self.config.speculation_max_tokens
                     ),
+                    remote_lanes=self.config.remote_lanes,
                 )
                 hosted.scheduler.start()
                 hosted.generator = ModelGenerator(hosted.end_model, hosted.scheduler)
@@ -221,15 +226,16 @@ class Node:
 
     async def _load_end_model(self, entry: EndModelConfig) -> None:
         planning = await self._planning_source(entry)
-        modules = end_model_modules(planning.num_layers, entry.num_local_layers)
+        modules = end_model_modules(planning.num_layers, entry.num_local_layers, entry.num_local_last_layers)
         hosted = await self._hosted_with(entry, planning, modules)
         await asyncio.to_thread(self._build_end_model, hosted, entry)
 
     def _build_end_model(self, hosted: HostedModel, entry: EndModelConfig) -> None:
         log.info(
-            "loading end model %s (%d local layers) on %s",
+            "loading end model %s (%d first and %d last local layers) on %s",
             entry.model_id,
             entry.num_local_layers,
+            entry.num_local_last_layers,
             entry.device,
         )
         weights = weight_format(entry.data_type, entry.device)
@@ -237,6 +243,7 @@ class Node:
             entry.model_id,
             hosted.source.folder,
             num_local_layers=entry.num_local_layers,
+            num_local_last_layers=entry.num_local_last_layers,
             dtype=weights.activation_dtype,
             device=entry.device,
             source=hosted.source,
@@ -254,8 +261,10 @@ class Node:
             planning.kv_bytes_per_token(dtype),
         )
         end_model = self.models[ModelId(entry.model_id)].end_model if entry.model_id in self.models else None
-        first = end_model.local_layers.end if end_model is not None else DEFAULT_FIRST_SHARED_LAYER
-        span = choose_span(planning.num_layers, first, self._covered(entry.model_id), capacity)
+        shared = end_model.shared_layers if end_model is not None else None
+        first = shared.start if shared is not None else DEFAULT_FIRST_SHARED_LAYER
+        last = shared.stop if shared is not None else planning.num_layers
+        span = choose_span(last, first, self._covered(entry.model_id), capacity)
         if span is None:
             log.warning(
                 "layer model %s: nothing to host (%.2f GB fits %d layers)",
@@ -265,7 +274,8 @@ class Node:
             )
             return
         # Claimed before fetching or loading, so nodes placing at the same time pick other layers.
-        self._publish_record(claiming=HostedSegment(entry.model_id, span.start, span.end, loaded=False))
+        claim = HostedSegment(entry.model_id, span.start, span.end, loaded=False, data_type=weights.name)
+        self._publish_record(claiming=claim)
         hosted = await self._hosted_with(entry, planning, layer_modules(span.start, span.end))
         source = hosted.source.with_weights(weights)
         log.info("loading layers %d-%d of %s on %s", span.start, span.end - 1, entry.model_id, entry.device)
@@ -294,10 +304,7 @@ class Node:
             return
         leaving, hosted.segments = hosted.segments, []
         self._publish_record()  # peers stop planning through these layers and retire their routes
-        for key, route in list(self._routes.items()):  # this node's own routes through them move too
-            if key[0] == model_id and any(hop.node_id == self.node_id for hop in key[1]):
-                route.retired = True
-                del self._routes[key]
+        self.routes.retire_own_hops(ModelId(model_id))  # this node's own routes through them move too
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_TIMEOUT_S
         while any(segment.sequence_count for segment in leaving) and loop.time() < deadline:
@@ -313,6 +320,7 @@ class Node:
         log.info("unloaded layers of %s", model_id)
 
     def _covered(self, model_id: str) -> list[LayerSpan]:
+        """Layers the network already hosts, private last layers of end models included."""
         return [
             LayerSpan(segment.start_layer, segment.end_layer)
             for record in self.network.records().values()
@@ -322,9 +330,15 @@ class Node:
 
     def _publish_record(self, claiming: HostedSegment | None = None) -> None:
         segments = [
-            HostedSegment(hosted.model_id, segment.start, segment.end, loaded=True)
+            HostedSegment(hosted.model_id, segment.start, segment.end, True, segment.data_type)
             for hosted in self.models.values()
             for segment in hosted.segments
+        ]
+        # An end model's own last layers: placement leaves them to it, no other origin routes through them.
+        segments += [
+            HostedSegment(hosted.model_id, last.start, last.end, True, last.data_type, private=True)
+            for hosted in self.models.values()
+            if hosted.end_model is not None and (last := hosted.end_model.last_layers) is not None
         ]
         if claiming is not None:
             segments.append(claiming)
@@ -350,48 +364,33 @@ class Node:
 
     # -- routing ---------------------------------------------------------------------------
 
-    def route_for(self, model_id: ModelId) -> Route | None:
-        """A complete chain of hops after the end model's local layers, or None."""
+    def _planned_hops(self, model_id: ModelId) -> tuple[HostedModel, tuple[Hop, ...]] | None:
+        """Plan a complete chain of hops after the end model's local layers; builds and caches nothing."""
         hosted = self.models.get(model_id)
         if hosted is None or hosted.end_model is None:
             return None
-        own_load = self._own_load_by_node()
-        offers = [
-            Offer(
-                record.node_id, segment.start_layer, segment.end_layer, record.load + own_load[record.node_id]
-            )
-            for record in self.network.records().values()
-            if record.node_id != self.node_id
-            for segment in record.segments
-            if segment.model_id == model_id and segment.loaded
-        ]
-        offers += [Offer(self.node_id, s.start, s.end, 0) for s in hosted.segments]
-        hops = plan_route(hosted.end_model.local_layers.end, hosted.source.num_layers, offers, self.node_id)
-        if hops is None:
+        hops = plan_hops(
+            model_id,
+            self.network.records(),
+            self.node_id,
+            hosted.end_model.shared_layers.start,
+            hosted.end_model.shared_layers.stop,
+            [(segment.start, segment.end) for segment in hosted.segments],
+            self.routes.open_by_node(),
+        )
+        return None if hops is None else (hosted, hops)
+
+    def has_route(self, model_id: ModelId) -> bool:
+        """Whether a complete pipe serves ``model_id`` right now (a question: no route is built)."""
+        return self._planned_hops(model_id) is not None
+
+    def route_for(self, model_id: ModelId) -> Route | None:
+        """The route a new sequence of ``model_id`` takes (built and cached on first use), or None."""
+        planned = self._planned_hops(model_id)
+        if planned is None:
             return None
-        route = self._routes.get((model_id, hops))
-        if route is None:
-            route = Route([self._runner(hosted, hop) for hop in hops], name=_describe(hops))
-            self._routes[(model_id, hops)] = route
-        return route
-
-    def _own_load_by_node(self) -> Counter[str]:
-        """Sequences this origin has open on each node right now (gossiped load lags by a second)."""
-        load: Counter[str] = Counter()
-        for (_, hops), route in list(self._routes.items()):
-            for hop in hops:
-                load[hop.node_id] += route.open_sequences
-        return load
-
-    def _retire_stale_routes(self) -> None:
-        """Routes through segments the network no longer offers stop taking steps; their sequences move."""
-        records = self.network.records()
-        for key, route in list(self._routes.items()):
-            model_id, hops = key
-            remote = [hop for hop in hops if hop.node_id != self.node_id]
-            if not all(_offers(records.get(NodeId(hop.node_id)), model_id, hop) for hop in remote):
-                route.retired = True
-                del self._routes[key]
+        hosted, hops = planned
+        return self.routes.route(model_id, hops, lambda hop: self._runner(hosted, hop))
 
     def _runner(self, hosted: HostedModel, hop: Hop) -> SegmentRunner:
         if hop.node_id == self.node_id:
@@ -418,31 +417,30 @@ class Node:
     # -- ModelCatalog (what the API sees) ---------------------------------------------------
 
     def servable_models(self) -> list[ModelId]:
-        return [m for m, hosted in self.models.items() if hosted.generator is not None and self.route_for(m)]
+        return [m for m, hosted in self.models.items() if hosted.generator is not None and self.has_route(m)]
 
     def generator(self, model_id: str) -> ModelGenerator:
         hosted = self.models.get(ModelId(model_id))
         if hosted is None or hosted.generator is None:
             raise ModelUnknownError(model_id)
-        if self.route_for(hosted.model_id) is None:
+        if not self.has_route(hosted.model_id):
             raise ModelUnavailableError(model_id)
         return hosted.generator
 
 
-def _offers(record: NodeRecord | None, model_id: str, hop: Hop) -> bool:
-    return record is not None and any(
-        s.model_id == model_id and s.loaded and s.start_layer <= hop.start and hop.end <= s.end_layer
-        for s in record.segments
-    )
-
-
-def _describe(hops: tuple[Hop, ...]) -> str:
-    return " -> ".join(f"{hop.node_id}[{hop.start}:{hop.end}]" for hop in hops)
-
-
 def run_node(config: NodeConfig) -> int:
-    """Run a node until SIGINT/SIGTERM; returns the process exit code."""
-    return asyncio.run(_serve(config))
+    """Run a node until SIGINT/SIGTERM; returns the process exit code.
+
+    Only the process's entry point calls this: once the node has stopped, the
+    process exits.
+    """
+    code = asyncio.run(_serve(config))
+    # Every part has stopped and the process exits next. Python's teardown would
+    # now walk the ~half a million objects torch and transformers created with the
+    # cyclic collector, seconds of CPU (tens on a loaded machine) between "stopped"
+    # and the exit. Frozen objects are skipped; the OS frees their memory anyway.
+    gc.freeze()
+    return code
 
 
 async def _serve(config: NodeConfig) -> int:

@@ -2,7 +2,7 @@
 
 One cluster for the module: an end node (API, layer 0) and two layer nodes
 ``a`` and ``b`` that each host every shared layer (1-29), so either alone is a
-complete pipe. Each test leaves both layer nodes serving again.
+complete pipe. Each test starts with both layer nodes serving.
 
 Which replica works is read from outside: a layer node's CPU time grows by
 about a second for each short request it runs and stays nearly flat while
@@ -47,8 +47,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_store_dir: Path) -> 
     chaos = ChaosCluster.create(tmp_path_factory.mktemp("node-loss"), model_store_dir)
     try:
         chaos.start_end()
-        chaos.add_layer_node("a", ALL_LAYERS_GIGABYTES)
-        chaos.add_layer_node("b", ALL_LAYERS_GIGABYTES)
+        # Both host every shared layer whatever the other claimed, so they can start together.
+        replicas = [chaos.add_layer_node(name, ALL_LAYERS_GIGABYTES, wait=False) for name in ("a", "b")]
+        for replica in replicas:
+            chaos.wait_serving(replica)
         chaos.wait_until_servable()
         yield chaos
     finally:
@@ -56,10 +58,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, model_store_dir: Path) -> 
 
 
 @pytest.fixture(autouse=True)
-def both_replicas_serving(cluster: ChaosCluster) -> Iterator[None]:
-    """Each test starts and leaves with ``a`` and ``b`` serving (restarting any test's victims)."""
-    _restore(cluster)
-    yield
+def both_replicas_serving(cluster: ChaosCluster) -> None:
+    """Each test starts with ``a`` and ``b`` serving: the previous test's victims are restarted first.
+
+    Restoring before rather than after each test spares restarting the last test's victims
+    only for the module's teardown to stop them.
+    """
     _restore(cluster)
 
 

@@ -58,6 +58,8 @@ def intruders(tmp_path_factory: pytest.TempPathFactory, model_store_dir: Path) -
         for node in (wrong_key, no_key, outsider):
             # Each gave up waiting for peers and loaded layers as if alone.
             wait_for_output(node, r"loading layers \d+-\d+")
+        # On a busy machine the end node's API can come up after the intruders loaded their layers.
+        end.wait_until_answering()
         yield Intruders(launcher, key, end, wrong_key, no_key, outsider)
     finally:
         launcher.stop_all()

@@ -25,11 +25,11 @@ import pytest_asyncio
 from openai import AsyncOpenAI
 
 from language_pipes.config import parse_config
-from language_pipes.engine.types import ModelId
 from language_pipes.network.lanes import RequestPrefix, ServerLane
 from language_pipes.network.session import Session
 from language_pipes.node import Node
 from language_pipes.pipes.frames import KIND_OPEN, KIND_RELEASE, KIND_STEP, decode_sequence_ids, decode_step
+from language_pipes.vocabulary import ModelId
 from support.cluster import DEFAULT_MODEL, new_network_key
 from support.node_process import free_port
 

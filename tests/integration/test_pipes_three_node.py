@@ -29,6 +29,7 @@ from support.cluster import (
     start_layer_node,
 )
 from support.node_process import NodeLauncher, NodeProcess
+from support.reference_checks import assert_completion_matches_reference, assert_stream_matches_reference
 
 pytestmark = pytest.mark.slow
 
@@ -107,28 +108,8 @@ def test_the_model_is_listed_only_once_both_layer_nodes_are_up(cluster: ThreeNod
 def test_greedy_output_matches_transformers_in_one_process(
     cluster: ThreeNodeCluster, messages: list[dict[str, str]]
 ) -> None:
-    expected = cluster.reference.complete(messages, MAX_TOKENS)
-    completion = cluster.client().chat.completions.create(
-        model=DEFAULT_MODEL,
-        messages=messages,  # type: ignore[arg-type]
-        max_tokens=MAX_TOKENS,
-        temperature=0,
-    )
-    assert completion.choices[0].message.content == expected.text
-    assert completion.usage is not None
-    assert completion.usage.completion_tokens == len(expected.token_ids)
-    assert completion.choices[0].finish_reason == expected.finish_reason
+    assert_completion_matches_reference(cluster.client(), cluster.reference, messages, MAX_TOKENS)
 
 
 def test_streamed_greedy_output_matches_transformers(cluster: ThreeNodeCluster) -> None:
-    messages = PROMPTS[1]
-    expected = cluster.reference.complete(messages, MAX_TOKENS)
-    stream = cluster.client().chat.completions.create(
-        model=DEFAULT_MODEL,
-        messages=messages,  # type: ignore[arg-type]
-        max_tokens=MAX_TOKENS,
-        temperature=0,
-        stream=True,
-    )
-    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
-    assert text == expected.text
+    assert_stream_matches_reference(cluster.client(), cluster.reference, PROMPTS[1], MAX_TOKENS)

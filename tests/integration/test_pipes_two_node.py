@@ -38,6 +38,7 @@ from support.cluster import (
     start_layer_node,
 )
 from support.node_process import NodeLauncher, NodeProcess
+from support.reference_checks import assert_completion_matches_reference, assert_stream_matches_reference
 
 pytestmark = pytest.mark.slow
 
@@ -126,40 +127,13 @@ def test_the_layer_node_fetched_only_its_layers_from_the_end_node(cluster: TwoNo
 def test_greedy_output_matches_transformers_in_one_process(
     cluster: TwoNodeCluster, messages: list[dict[str, str]]
 ) -> None:
-    expected = cluster.reference.complete(messages, MAX_TOKENS)
-    completion = cluster.client().chat.completions.create(
-        model=DEFAULT_MODEL,
-        messages=messages,
-        max_tokens=MAX_TOKENS,
-        temperature=0,  # type: ignore[arg-type]
-    )
-    assert completion.choices[0].message.content == expected.text
-    assert completion.usage is not None
-    assert completion.usage.completion_tokens == len(expected.token_ids)
-    assert completion.usage.prompt_tokens == len(cluster.reference.prompt_ids(messages))
-    assert completion.choices[0].finish_reason == expected.finish_reason
+    assert_completion_matches_reference(cluster.client(), cluster.reference, messages, MAX_TOKENS)
 
 
 def test_streamed_greedy_output_matches_transformers(cluster: TwoNodeCluster) -> None:
-    messages = PROMPTS[0]
-    expected = cluster.reference.complete(messages, MAX_TOKENS)
-    stream = cluster.client().chat.completions.create(
-        model=DEFAULT_MODEL,
-        messages=messages,  # type: ignore[arg-type]
-        max_tokens=MAX_TOKENS,
-        temperature=0,
-        stream=True,
-        stream_options={"include_usage": True},
+    assert_stream_matches_reference(
+        cluster.client(), cluster.reference, PROMPTS[0], MAX_TOKENS, include_usage=True
     )
-    text = ""
-    usage = None
-    for chunk in stream:
-        if chunk.choices:
-            text += chunk.choices[0].delta.content or ""
-        if chunk.usage is not None:
-            usage = chunk.usage
-    assert text == expected.text
-    assert usage is not None and usage.completion_tokens == len(expected.token_ids)
 
 
 def test_killing_the_layer_node_mid_stream_fails_fast_and_the_restarted_node_serves_again(
@@ -202,15 +176,7 @@ def test_killing_the_layer_node_mid_stream_fails_fast_and_the_restarted_node_ser
     assert cluster.end.is_running()
     cluster.start_layer_node()
     cluster.end.wait_until_serving(DEFAULT_MODEL, timeout=180)
-    messages = PROMPTS[1]
-    expected = cluster.reference.complete(messages, MAX_TOKENS)
-    completion = cluster.client().chat.completions.create(
-        model=DEFAULT_MODEL,
-        messages=messages,
-        max_tokens=MAX_TOKENS,
-        temperature=0,  # type: ignore[arg-type]
-    )
-    assert completion.choices[0].message.content == expected.text
+    assert_completion_matches_reference(cluster.client(), cluster.reference, PROMPTS[1], MAX_TOKENS)
 
 
 @dataclass

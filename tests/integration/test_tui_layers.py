@@ -21,10 +21,10 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
 from language_pipes.config import NodeConfig
-from language_pipes.engine.types import ModelId
 from language_pipes.models.store import ModelStore
 from language_pipes.node import Node
 from language_pipes.tui.app import LanguagePipesApp
+from language_pipes.vocabulary import ModelId
 from support.node_process import DEFAULT_MODEL, free_port
 from support.tui_pilot import click
 

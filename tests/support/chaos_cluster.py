@@ -2,18 +2,22 @@
 
 Built on :class:`support.node_process.NodeLauncher`. An end node serves the
 API; layer nodes join it by bootstrap. A layer node is started one at a time
-(each waits until it is running, so placement sees what the earlier ones
-claimed) and can be:
+(each waits until the previous one announced the layers it claims, so placement
+sees what the earlier ones took; their loads overlap) and can be:
 
 * killed with ``SIGKILL`` (:meth:`ChaosCluster.kill`), a crash or power loss;
+* frozen with ``SIGSTOP`` and thawed with ``SIGCONT`` (:meth:`ChaosCluster.freeze`,
+  :meth:`ChaosCluster.thaw`): connected but silent, a hung machine;
+* slowed (:meth:`ChaosCluster.slow`): stopped 80% of the time by a duty cycle
+  (support/disturbances.py), an overloaded machine;
 * drained with ``SIGTERM`` (:meth:`ChaosCluster.terminate`), a graceful leave;
 * restarted with the very same config file, ports and identity
   (:meth:`ChaosCluster.restart`), each run logging to its own file so the
   layers it chose this time are read from this run's output.
 
-:class:`StreamResult` / :func:`stream_chat` run one streaming greedy chat
-completion through the ``openai`` SDK and classify it as completed, failed or
-hung, which is what both the tests and the chaos script count.
+:class:`StreamResult` / :func:`stream_chat` (support/chat_streams.py, imported
+from here too) run one streaming greedy chat completion and classify it as
+completed, failed or hung, which is what the tests and the chaos script count.
 """
 
 from __future__ import annotations
@@ -34,11 +38,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-import openai
 import psutil
-from openai import OpenAI
 
 from language_pipes.cli import new_network_key
+from support.chat_streams import PROMPTS, Outcome, StreamResult, client_for, stream_chat
+from support.disturbances import SlowDown, freeze, thaw
 from support.node_process import DEFAULT_MODEL, NodeLauncher, NodeProcess
 
 HALF_LAYERS_GIGABYTES = 0.3  # 15 of the default model's layers (see test_pipes_three_node)
@@ -46,11 +50,12 @@ ALL_LAYERS_GIGABYTES = 0.6  # every shared layer, 1-29
 NUM_LAYERS = 30  # the default model's decoder layers
 FIRST_SHARED_LAYER = 1  # layer 0 lives in the end model
 RUNNING_LINE = re.compile(r"node \S+ is running")
+PEER_NETWORK_LINE = re.compile(r"peer network on port")
 LAYER_LINE = re.compile(r"loading layers (\d+)-(\d+) of (\S+)")
 NODE_START_TIMEOUT_SECONDS = 300.0
 
 LayerState = Literal["starting", "serving", "dead"]
-Outcome = Literal["completed", "failed", "hung"]
+Disturbance = Literal["frozen", "slow"]
 
 
 @dataclass
@@ -63,6 +68,9 @@ class LayerNode:
     state: LayerState = "starting"
     runs: int = 1
     layers: range | None = None
+    # Set while the node is frozen or slowed; None while it runs normally.
+    disturbance: Disturbance | None = None
+    slow_down: SlowDown | None = None
 
     def log_text(self) -> str:
         try:
@@ -103,6 +111,13 @@ def _run_command(config_path: Path) -> list[str]:
     return [sys.executable, "-m", "language_pipes", "-c", str(config_path), "run"]
 
 
+def _full_log(node: NodeProcess) -> str:
+    try:
+        return node.log_path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""  # not created yet
+
+
 def covers_all_layers(spans: Iterable[range], first: int = FIRST_SHARED_LAYER, end: int = NUM_LAYERS) -> bool:
     """True when the spans (inclusive-exclusive ``range`` objects) cover ``[first, end)`` together."""
     position = first
@@ -129,8 +144,12 @@ class ChaosCluster:
 
     # -- starting --------------------------------------------------------------------------
 
-    def start_end(self, **settings: Any) -> NodeProcess:
-        """The end node: end model of the default model and the API, no layers beyond layer 0."""
+    def start_end(self, *, wait: bool = True, **settings: Any) -> NodeProcess:
+        """The end node: end model of the default model and the API, no layers beyond layer 0.
+
+        ``wait=False`` returns once its peer network listens (layer nodes may
+        join while it loads); :meth:`wait_until_servable` waits for the rest.
+        """
         settings.setdefault("max_api_jobs", 32)
         # Outputs must not depend on which sequences share a step, so replays and loaded runs match
         # the undisturbed reference bit for bit (models/invariance.py).
@@ -138,8 +157,42 @@ class ChaosCluster:
         self.end = self.launcher.start(
             "end", end_models=[DEFAULT_MODEL], network_key=self.network_key, **settings
         )
-        self._wait_for_api(self.end)
+        if wait:
+            self._wait_for_api(self.end)
+        else:
+            self._wait_for_line(self.end, PEER_NETWORK_LINE)
         return self.end
+
+    def start_layer_nodes(self, nodes: Iterable[tuple[str, float]]) -> list[LayerNode]:
+        """Start layer nodes ``(name, memory)`` with overlapping loads; return once all serve.
+
+        Each node starts as soon as the previous one has announced the layers it
+        claims (placement sees claims before they load), so the nodes' imports and
+        weight loads overlap instead of running one after another.
+        """
+        started: list[LayerNode] = []
+        for name, memory in nodes:
+            if started:
+                self._wait_for_claim(started[-1])
+            started.append(self.add_layer_node(name, memory, wait=False))
+        for node in started:
+            self.wait_serving(node)
+        return started
+
+    def _wait_for_claim(self, node: LayerNode) -> None:
+        self._wait_for_line(node.process, LAYER_LINE)
+
+    @staticmethod
+    def _wait_for_line(
+        node: NodeProcess, line: re.Pattern[str], timeout: float = NODE_START_TIMEOUT_SECONDS
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while line.search(_full_log(node)) is None:
+            if not node.is_running():
+                raise AssertionError(f"{node.node_id} exited while starting:\n{node.output()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{node.node_id} logged no {line.pattern!r} within {timeout:.0f} s")
+            time.sleep(0.1)
 
     def add_layer_node(self, name: str, memory_gigabytes: float, *, wait: bool = True) -> LayerNode:
         """Start a layer node bootstrapping to the end node; by default wait until it serves its layers."""
@@ -171,6 +224,7 @@ class ChaosCluster:
 
     def wait_until_servable(self, timeout: float = NODE_START_TIMEOUT_SECONDS) -> None:
         assert self.end is not None
+        self._wait_for_api(self.end, timeout)
         self.end.wait_until_serving(DEFAULT_MODEL, timeout)
 
     @staticmethod
@@ -191,10 +245,36 @@ class ChaosCluster:
 
     def kill(self, node: LayerNode) -> None:
         """SIGKILL the node's process group: no goodbye, no drained sequences."""
+        self.undisturb(node)
         with contextlib.suppress(ProcessLookupError):  # it already exited
             os.killpg(node.process.process.pid, signal.SIGKILL)
         node.process.process.wait(10)
         node.state = "dead"
+
+    def freeze(self, node: LayerNode) -> None:
+        """SIGSTOP the node: its sockets stay open, it answers nothing (see :meth:`thaw`)."""
+        assert node.disturbance is None, f"{node.name} is already {node.disturbance}"
+        freeze(node.process.process.pid)
+        node.disturbance = "frozen"
+
+    def slow(self, node: LayerNode) -> None:
+        """Stop the node 80% of the time until :meth:`undisturb` (support/disturbances.py)."""
+        assert node.disturbance is None, f"{node.name} is already {node.disturbance}"
+        node.slow_down = SlowDown(node.process.process.pid).start()
+        node.disturbance = "slow"
+
+    def thaw(self, node: LayerNode) -> None:
+        """SIGCONT a frozen node (the same as :meth:`undisturb`)."""
+        self.undisturb(node)
+
+    def undisturb(self, node: LayerNode) -> None:
+        """End a freeze or a slow-down: the node runs normally again."""
+        if node.slow_down is not None:
+            node.slow_down.stop()
+            node.slow_down = None
+        if node.disturbance is not None:
+            thaw(node.process.process.pid)
+        node.disturbance = None
 
     def terminate(self, node: LayerNode) -> None:
         """SIGTERM the node (a graceful leave); returns at once, see :meth:`wait_exit`."""
@@ -245,81 +325,32 @@ class ChaosCluster:
         return [node for node in self.layers if node.refresh() == "serving"]
 
     def can_lose(self, node: LayerNode) -> bool:
-        """True when the other serving nodes still cover every shared layer without ``node``."""
-        others = [n.layers for n in self.serving() if n is not node and n.layers is not None]
+        """True when the other serving, undisturbed nodes still cover every shared layer without ``node``.
+
+        A frozen node answers nothing and a slowed one may miss heartbeats, so
+        neither counts: one disturbance at a time never leaves a layer uncovered.
+        """
+        others = [
+            n.layers
+            for n in self.serving()
+            if n is not node and n.layers is not None and n.disturbance is None
+        ]
         return covers_all_layers(r for r in others if r is not None)
 
     def stop_all(self) -> None:
+        for node in self.layers:
+            self.undisturb(node)
         self.launcher.stop_all()
 
 
-@dataclass
-class StreamResult:
-    """One streamed greedy chat completion and how it ended."""
-
-    prompt_index: int
-    outcome: Outcome
-    text: str
-    finish_reason: str | None
-    seconds: float
-    error: str | None = None
-
-
-PROMPTS: tuple[str, ...] = (
-    "What is the capital of France?",
-    "Write a haiku about autumn leaves.",
-    "Name three colours of the rainbow.",
-    "Explain what a network router does in one sentence.",
-    "Give me a short tip for learning to cook.",
-    "What is two plus two?",
-    "Describe the sea to someone who has never seen it.",
-    "Why do cats purr?",
-)
-
-
-def client_for(end: NodeProcess, hang_seconds: float) -> OpenAI:
-    """An SDK client that never retries and calls a stream hung after ``hang_seconds`` without data."""
-    return OpenAI(base_url=end.base_url, api_key="unused", max_retries=0, timeout=hang_seconds)
-
-
-def stream_chat(client: OpenAI, prompt_index: int, max_tokens: int, deadline_seconds: float) -> StreamResult:
-    """Stream one greedy completion of ``PROMPTS[prompt_index]``; classify how it ended.
-
-    *failed*: the API answered with an error (status or an error event in the
-    stream); *hung*: no byte for the client's timeout or no end within
-    ``deadline_seconds``; *completed*: a finish reason arrived.
-    """
-    started = time.monotonic()
-    text: list[str] = []
-    finish_reason: str | None = None
-    try:
-        stream = client.chat.completions.create(
-            model=DEFAULT_MODEL,
-            messages=[{"role": "user", "content": PROMPTS[prompt_index % len(PROMPTS)]}],
-            max_tokens=max_tokens,
-            temperature=0,
-            stream=True,
-        )
-        for chunk in stream:
-            if time.monotonic() - started > deadline_seconds:
-                stream.close()
-                return StreamResult(
-                    prompt_index, "hung", "".join(text), None, time.monotonic() - started, "past the deadline"
-                )
-            for choice in chunk.choices:
-                text.append(choice.delta.content or "")
-                finish_reason = choice.finish_reason or finish_reason
-    except openai.APITimeoutError as error:
-        # No data within the client's timeout: the stream hung.
-        return StreamResult(
-            prompt_index, "hung", "".join(text), None, time.monotonic() - started, repr(error)
-        )
-    except (openai.APIError, httpx.HTTPError) as error:
-        # An error status, an error event in the stream, or a dropped connection: the request failed.
-        return StreamResult(
-            prompt_index, "failed", "".join(text), None, time.monotonic() - started, repr(error)
-        )
-    elapsed = time.monotonic() - started
-    if finish_reason is None:
-        return StreamResult(prompt_index, "failed", "".join(text), None, elapsed, "no finish reason")
-    return StreamResult(prompt_index, "completed", "".join(text), finish_reason, elapsed)
+__all__ = [
+    "ALL_LAYERS_GIGABYTES",
+    "HALF_LAYERS_GIGABYTES",
+    "PROMPTS",
+    "ChaosCluster",
+    "LayerNode",
+    "Outcome",
+    "StreamResult",
+    "client_for",
+    "stream_chat",
+]

@@ -3,7 +3,8 @@
 :class:`NodeLauncher` writes a config per node, starts each node in its own
 process group with one torch thread, waits until a node's API lists a model
 (failing with the node's output when it dies or takes too long), and kills
-every node it started at :meth:`NodeLauncher.stop_all`.
+every node it started at :meth:`NodeLauncher.stop_all` (all at once, so a
+cluster stops in the time of its slowest node).
 
 The ``node_launcher`` fixture in tests/conftest.py wraps it; a module that wants
 one node for many tests can use :class:`NodeLauncher` in a module-scoped fixture.
@@ -29,6 +30,8 @@ import tomlkit
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 STARTUP_TIMEOUT_SECONDS = 420.0
 OUTPUT_TAIL_CHARACTERS = 6000
+STOP_TIMEOUT_SECONDS = 15.0
+SERVING_POLL_SECONDS = 0.2  # a GET of /v1/models each time: cheap for the node, and no half second lost
 
 
 def free_port() -> int:
@@ -56,10 +59,11 @@ class NodeProcess:
     job_port: int
     peer_port: int
     api_keys: list[str] = field(default_factory=list)
+    api_host: str = "127.0.0.1"
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.job_port}/v1"
+        return f"http://{self.api_host}:{self.job_port}/v1"
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_keys[0]}"} if self.api_keys else {}
@@ -75,17 +79,44 @@ class NodeProcess:
     def is_running(self) -> bool:
         return self.process.poll() is None
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
         """SIGTERM the node's process group, then SIGKILL it if it does not exit in time."""
+        self.terminate()
+        self.wait_stopped(time.monotonic() + timeout)
+
+    def terminate(self) -> None:
+        """SIGTERM the node's process group (a graceful leave); returns at once."""
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):  # it exited between poll and kill
                 os.killpg(self.process.pid, signal.SIGTERM)
+
+    def wait_stopped(self, deadline: float) -> None:
+        """Wait until the process exits, SIGKILLing its group once ``deadline`` (monotonic) passed."""
+        try:
+            self.process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):  # it exited just now
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(STOP_TIMEOUT_SECONDS)
+
+    def wait_until_answering(self, timeout: float = STARTUP_TIMEOUT_SECONDS) -> None:
+        """Block until the node's API answers ``GET /v1/models`` at all (whatever it lists)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.is_running():
+                raise AssertionError(
+                    f"node {self.node_id} exited with {self.process.returncode} before its API "
+                    f"answered:\n{self.output()}"
+                )
             try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):  # it exited just now
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout)
+                httpx.get(f"{self.base_url}/models", headers=self.auth_headers(), timeout=5)
+                return
+            except httpx.HTTPError:
+                # Not listening yet: the node is still loading its models.
+                time.sleep(SERVING_POLL_SECONDS)
+        raise AssertionError(
+            f"node {self.node_id}'s API did not answer within {timeout:.0f} s:\n{self.output()}"
+        )
 
     def wait_until_serving(
         self, model_id: str = DEFAULT_MODEL, timeout: float = STARTUP_TIMEOUT_SECONDS
@@ -108,7 +139,7 @@ class NodeProcess:
             except (httpx.HTTPError, ValueError) as error:
                 # Not listening yet (connection refused) or not answering JSON yet: keep waiting.
                 last_problem = repr(error)
-            time.sleep(0.5)
+            time.sleep(SERVING_POLL_SECONDS)
         raise AssertionError(
             f"node {self.node_id} did not list {model_id} within {timeout:.0f} s "
             f"(last answer: {last_problem}):\n{self.output()}"
@@ -138,12 +169,15 @@ class NodeLauncher:
         max_api_jobs: int = 5,
         with_api: bool = True,
         torch_threads: int = 1,
+        command_prefix: tuple[str, ...] = (),
         environment: dict[str, str | None] | None = None,
         **settings: Any,
     ) -> NodeProcess:
         """Start ``language-pipes -c <folder>/<node_id>/node.toml run`` with ``settings`` as extra keys.
 
-        ``environment`` overrides the node's environment variables (None removes one).
+        ``command_prefix`` runs it elsewhere (``ip netns exec NS``); ``settings`` may set the ports
+        and ``api_ip`` (the API is then reached at that address). ``environment`` overrides the
+        node's environment variables (None removes one).
         """
         node_folder = self.folder / node_id
         app_dir = node_folder / "app"
@@ -158,7 +192,8 @@ class NodeLauncher:
             **settings,
         }
         if with_api:
-            config["job_port"] = job_port
+            config.setdefault("job_port", job_port)
+        job_port, peer_port = config.get("job_port", job_port), config["peer_port"]
         config_path = node_folder / "node.toml"
         config_path.write_text(tomlkit.dumps(config))
         log_path = node_folder / "output.log"
@@ -178,7 +213,7 @@ class NodeLauncher:
                 environment_of_node[name] = value
         with log_path.open("wb") as log_file:
             process = subprocess.Popen(
-                _node_command(config_path),
+                [*command_prefix, *_node_command(config_path)],
                 cwd=node_folder,
                 env=environment_of_node,
                 stdout=log_file,
@@ -186,12 +221,24 @@ class NodeLauncher:
                 start_new_session=True,
             )
         node = NodeProcess(
-            node_id, node_folder, config_path, log_path, process, job_port, peer_port, list(api_keys or [])
+            node_id,
+            node_folder,
+            config_path,
+            log_path,
+            process,
+            job_port,
+            peer_port,
+            list(api_keys or []),
+            api_host=str(config.get("api_ip", "127.0.0.1")),
         )
         self.nodes.append(node)
         return node
 
-    def stop_all(self) -> None:
+    def stop_all(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+        """SIGTERM every node at once, then wait for all of them (one shared deadline, then SIGKILL)."""
         for node in reversed(self.nodes):
-            node.stop()
+            node.terminate()
+        deadline = time.monotonic() + timeout
+        for node in reversed(self.nodes):
+            node.wait_stopped(deadline)
         self.nodes.clear()

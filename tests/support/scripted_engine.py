@@ -13,15 +13,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from language_pipes.engine.types import (
+    FailureKind,
     Finished,
     FinishReason,
     GenerationEvent,
     GenerationRequest,
-    ModelId,
     ModelUnavailableError,
     ModelUnknownError,
     TextDelta,
 )
+from language_pipes.vocabulary import ModelId
 
 
 @dataclass
@@ -45,7 +46,7 @@ class ScriptedGenerator:
         context_length: int = 4096,
         reason: FinishReason = "stop",
         error: str | None = None,
-        error_status: int = 500,
+        failure: FailureKind = "internal",
         fail_after: int | None = None,
         delay_seconds: float = 0.0,
     ) -> None:
@@ -54,7 +55,7 @@ class ScriptedGenerator:
         self.context_length = context_length
         self.reason = reason
         self.error = error
-        self.error_status = error_status
+        self.failure = failure
         self.fail_after = fail_after
         self.delay_seconds = delay_seconds
         self.tokenizer = object()
@@ -62,9 +63,7 @@ class ScriptedGenerator:
         self.gate: asyncio.Event | None = None  # when set to an Event, each generation waits for it
         self.last_messages: list[dict[str, object]] = []
 
-    def encode_chat(
-        self, messages: list[dict[str, object]], tools: list[dict[str, object]] | None = None
-    ) -> list[int]:
+    def encode_chat(self, messages: list[dict[str, object]]) -> list[int]:
         self.last_messages = messages
         rendered = "".join(f"<{m['role']}>{m['content']}" for m in messages)
         return [ord(character) for character in rendered]
@@ -82,7 +81,9 @@ class ScriptedGenerator:
                 await self.gate.wait()
             for piece in self.pieces[: record.request.max_new_tokens]:
                 if self.fail_after is not None and produced == self.fail_after:
-                    yield Finished("error", len(record.request.prompt_token_ids), produced, self.error, 500)
+                    yield Finished(
+                        "error", len(record.request.prompt_token_ids), produced, self.error, "internal"
+                    )
                     return
                 if self.delay_seconds:
                     await asyncio.sleep(self.delay_seconds)
@@ -92,9 +93,7 @@ class ScriptedGenerator:
             if len(self.pieces) > record.request.max_new_tokens:
                 reason = "length"
             record.completed = True
-            yield Finished(
-                reason, len(record.request.prompt_token_ids), produced, self.error, self.error_status
-            )
+            yield Finished(reason, len(record.request.prompt_token_ids), produced, self.error, self.failure)
         finally:
             record.closed.set()
 

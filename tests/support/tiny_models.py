@@ -37,10 +37,10 @@ from transformers import (
     Qwen3MoeConfig,
 )
 
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.end_model import EndModel
 from language_pipes.models.partial import ModelSource
 from language_pipes.models.segment import LayerSegment, SegmentBatch
+from language_pipes.vocabulary import SequenceId
 
 TinyFamily = Literal[
     "llama",
@@ -256,7 +256,7 @@ def default_model_folder(store_root: Path) -> Path:
     configured = os.environ.get(DEFAULT_MODEL_ENV)
     if configured:
         return Path(configured)
-    from language_pipes.models.embedded import prepare_default_model
+    from language_pipes.models.default_model import prepare_default_model
 
     return prepare_default_model(store_root)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from language_pipes.models.embedded import prepare_default_model
+from language_pipes.models.default_model import prepare_default_model
 from support.scripted_engine import ScriptedGenerator
 
 
@@ -30,11 +30,7 @@ class TokenizedGenerator(ScriptedGenerator):
         super().__init__(model_id, pieces, **options)
         self.tokenizer = tokenizer
 
-    def encode_chat(
-        self, messages: list[dict[str, object]], tools: list[dict[str, object]] | None = None
-    ) -> list[int]:
+    def encode_chat(self, messages: list[dict[str, object]]) -> list[int]:
         self.last_messages = messages
-        rendered = self.tokenizer.apply_chat_template(
-            messages, tools=tools, add_generation_prompt=True, tokenize=False
-        )
+        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return list(self.tokenizer.encode(rendered, add_special_tokens=False))

@@ -234,7 +234,7 @@ def test_model_without_complete_pipe_is_503() -> None:
 
 
 def test_engine_failure_before_output_keeps_its_status() -> None:
-    failing = ScriptedGenerator(MODEL, [], reason="error", error="the pipe broke", error_status=503)
+    failing = ScriptedGenerator(MODEL, [], reason="error", error="the pipe broke", failure="unavailable")
     response = post_chat(make_client(failing))
     error = assert_error(response, 503, None)
     # What failed, and the request id of the log line with the engine's details; not the details.
@@ -254,9 +254,7 @@ def test_unknown_routes_and_methods_stay_in_the_envelope() -> None:
 
 def test_unexpected_exceptions_become_a_500_envelope() -> None:
     class BrokenGenerator(ScriptedGenerator):
-        def encode_chat(
-            self, messages: list[dict[str, object]], tools: list[dict[str, object]] | None = None
-        ) -> list[int]:
+        def encode_chat(self, messages: list[dict[str, object]]) -> list[int]:
             raise ZeroDivisionError("bug")
 
     error = assert_error(post_chat(make_client(BrokenGenerator(MODEL, ["x"]))), 500, None)

@@ -239,9 +239,7 @@ class CharacterTokenizer:
 class ThinkingTemplateGenerator(ScriptedGenerator):
     """A model whose chat template opens the ``<think>`` block in the generation prompt (Qwen3 style)."""
 
-    def encode_chat(
-        self, messages: list[dict[str, object]], tools: list[dict[str, object]] | None = None
-    ) -> list[int]:
+    def encode_chat(self, messages: list[dict[str, object]]) -> list[int]:
         return super().encode_chat(messages) + [ord(character) for character in "<assistant><think>\n"]
 
 

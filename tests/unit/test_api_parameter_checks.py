@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from language_pipes.api.app import create_app
 from language_pipes.engine.sampling import make_generator, pick_token
+from language_pipes.engine.types import FailureKind
 from support.scripted_engine import ScriptedCatalog, ScriptedGenerator
 from support.tokenized_engine import TokenizedGenerator, default_tokenizer
 
@@ -173,9 +174,7 @@ def test_an_uncompilable_schema_names_its_index_in_chat() -> None:
 
 def test_a_500_names_the_request_id_and_logs_the_details(caplog: pytest.LogCaptureFixture) -> None:
     class BrokenGenerator(ScriptedGenerator):
-        def encode_chat(
-            self, messages: list[dict[str, object]], tools: list[dict[str, object]] | None = None
-        ) -> list[int]:
+        def encode_chat(self, messages: list[dict[str, object]]) -> list[int]:
             raise ZeroDivisionError("secret internal detail")
 
     client, _ = make_client(BrokenGenerator(MODEL, ["x"]))
@@ -189,12 +188,12 @@ def test_a_500_names_the_request_id_and_logs_the_details(caplog: pytest.LogCaptu
     assert logged and "secret internal detail" in (logged[0].exc_text or "")
 
 
-@pytest.mark.parametrize("status", [500, 503, 504])
+@pytest.mark.parametrize(("failure", "status"), [("internal", 500), ("unavailable", 503), ("timeout", 504)])
 def test_a_5xx_from_the_engine_keeps_the_details_in_the_log(
-    caplog: pytest.LogCaptureFixture, status: int
+    caplog: pytest.LogCaptureFixture, failure: FailureKind, status: int
 ) -> None:
     failing = ScriptedGenerator(
-        MODEL, [], reason="error", error="ConnectionError('10.0.0.7:5000 reset')", error_status=status
+        MODEL, [], reason="error", error="ConnectionError('10.0.0.7:5000 reset')", failure=failure
     )
     client, _ = make_client(failing)
     with caplog.at_level(logging.WARNING, logger="language_pipes.api.errors"):

@@ -131,13 +131,11 @@ async def test_encoding_runs_off_the_loop_after_the_slot_is_taken() -> None:
     encodes = 0
 
     class SlowTemplate(ScriptedGenerator):
-        def encode_chat(
-            self, messages: list[dict[str, object]], tools: list[dict[str, object]] | None = None
-        ) -> list[int]:
+        def encode_chat(self, messages: list[dict[str, object]]) -> list[int]:
             nonlocal encodes
             encodes += 1
             release.wait(timeout=10)
-            return super().encode_chat(messages, tools)
+            return super().encode_chat(messages)
 
     generator = SlowTemplate(MODEL, ["hi"])
     app = create_app(ScriptedCatalog(generator), api_keys=[], max_api_jobs=1)

@@ -63,7 +63,7 @@ def test_include_usage_adds_a_final_usage_chunk() -> None:
 
 
 def test_failure_before_any_output_is_a_plain_http_error() -> None:
-    failing = ScriptedGenerator(MODEL, [], reason="error", error="no route", error_status=503)
+    failing = ScriptedGenerator(MODEL, [], reason="error", error="no route", failure="unavailable")
     app = create_app(ScriptedCatalog(failing), api_keys=[], max_api_jobs=5)
     response = TestClient(app, base_url="http://localhost").post(
         "/v1/chat/completions", json={"model": MODEL, "messages": USER_HELLO, "stream": True}

@@ -131,14 +131,6 @@ def test_config_by_saved_name(tmp_path: Path, isolated_app_dir: Path) -> None:
     assert "saved-node" in result.stdout and str(saved) in result.stdout
 
 
-def test_no_command_without_a_tui_is_a_clear_error(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setitem(sys.modules, "language_pipes.tui.app", None)  # makes the import fail
-    assert cli.main([]) == 2
-    assert "terminal interface is not available" in capsys.readouterr().err
-
-
 @pytest.fixture
 def restored_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for variable in THREAD_VARIABLES:

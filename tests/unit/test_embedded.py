@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, GgufConfig
 
-from language_pipes.models import embedded, store
+from language_pipes.models import default_model, embedded, store
+from language_pipes.models.default_model import prepare_default_model
 from language_pipes.models.embedded import (
     DEFAULT_MODEL_ID,
     INSTALL_COMMAND,
     locate_gguf,
-    prepare_default_model,
 )
 from language_pipes.models.store import ModelStore, ModelStoreError
 
@@ -27,14 +30,56 @@ def _no_hub(*args: object, **kwargs: object) -> None:
     raise AssertionError("the embedded default model tried to use the hub")
 
 
+@dataclass
+class GgufLoads:
+    """Copies of the models the conversion loaded from the GGUF, taken before it changed them."""
+
+    models: list[torch.nn.Module] = field(default_factory=list)
+
+
+def _is_reference_load(args: tuple[object, ...], kwargs: dict[str, object]) -> bool:
+    """True when a ``from_pretrained`` call is exactly the reference load of the greedy test."""
+    gguf = locate_gguf()
+    quantization = kwargs.get("quantization_config")
+    return (
+        args in ((gguf.parent,), (str(gguf.parent),))
+        and set(kwargs) == {"gguf_file", "quantization_config", "dtype"}
+        and kwargs["gguf_file"] == gguf.name
+        and isinstance(quantization, GgufConfig)
+        and quantization.dequantize is True
+        and kwargs["dtype"] is torch.bfloat16
+    )
+
+
+def _record_gguf_loads(patch: pytest.MonkeyPatch, loads: GgufLoads) -> None:
+    """Keep a copy of each model transformers loads from the GGUF the reference way (still loaded)."""
+    original = AutoModelForCausalLM.from_pretrained.__func__  # type: ignore[attr-defined]
+
+    def from_pretrained(cls: type, *args: object, **kwargs: object) -> object:
+        model = original(cls, *args, **kwargs)
+        if _is_reference_load(args, kwargs):
+            loads.models.append(copy.deepcopy(model))
+        return model
+
+    patch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(from_pretrained))
+
+
 @pytest.fixture(scope="module")
-def model_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def conversion() -> GgufLoads:
+    return GgufLoads()
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory: pytest.TempPathFactory, conversion: GgufLoads) -> Iterator[Path]:
     """A store under a fresh LP_MODEL_DIR with the default model converted into it once."""
     root = tmp_path_factory.mktemp("models")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LP_MODEL_DIR", str(root))
         patch.setattr(store, "HfApi", _no_hub)  # the default model must never need the hub
         patch.setattr(store, "snapshot_download", _no_hub)
+        # The greedy test's reference is the GGUF loaded by transformers; when the conversion made
+        # exactly that load, a copy of its result saves loading (and dequantizing) the GGUF again.
+        _record_gguf_loads(patch, conversion)
         torch.set_num_threads(1)
         assert prepare_default_model() == root / "HuggingFaceTB--SmolLM2-135M-Instruct"
         yield root
@@ -63,9 +108,9 @@ def test_converted_folder_loads_with_chat_template_and_eos(model_root: Path) -> 
     assert rendered.startswith("<|im_start|>system\n")
 
 
-@pytest.mark.slow  # loads the GGUF a second time: about 35 s on two cores with the conversion
-def test_greedy_output_matches_the_gguf_loaded_directly(model_root: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+@pytest.mark.slow  # two models generate; about 10 s on two cores after the conversion
+def test_greedy_output_matches_the_gguf_loaded_directly(model_root: Path, conversion: GgufLoads) -> None:
+    from transformers import AutoTokenizer
 
     folder = ModelStore(model_root).local_path(DEFAULT_MODEL_ID)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -79,12 +124,15 @@ def test_greedy_output_matches_the_gguf_loaded_directly(model_root: Path) -> Non
 
     ours = greedy(AutoModelForCausalLM.from_pretrained(folder))
     gguf = locate_gguf()
-    reference_model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent,
-        gguf_file=gguf.name,
-        quantization_config=GgufConfig(dequantize=True),
-        dtype=torch.bfloat16,
-    )
+    if conversion.models:
+        reference_model = conversion.models[0]  # the conversion's own load, before it was changed
+    else:
+        reference_model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent,
+            gguf_file=gguf.name,
+            quantization_config=GgufConfig(dequantize=True),
+            dtype=torch.bfloat16,
+        )
     reference = greedy(reference_model)
     assert len(ours) >= 4
     assert ours == reference
@@ -154,5 +202,5 @@ def test_missing_wheel_says_how_to_install_it(
     assert not ModelStore(tmp_path).is_installed(DEFAULT_MODEL_ID)
 
     monkeypatch.setenv("LP_MODEL_DIR", str(tmp_path))
-    assert embedded.main() == 1
+    assert default_model.main() == 1
     assert INSTALL_COMMAND in capsys.readouterr().err

@@ -9,7 +9,6 @@ import uuid
 import pytest
 import torch
 
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.segment import SegmentBatch
 from language_pipes.pipes.frames import (
     MAX_STEP_SEQUENCES,
@@ -24,6 +23,7 @@ from language_pipes.pipes.frames import (
     tensor_bytes,
     tensor_from_bytes,
 )
+from language_pipes.vocabulary import SequenceId
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 

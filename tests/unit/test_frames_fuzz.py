@@ -11,7 +11,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.segment import SegmentBatch
 from language_pipes.pipes.frames import (
     MAX_HIDDEN_SIZE,
@@ -24,6 +23,7 @@ from language_pipes.pipes.frames import (
     encode_step,
     tensor_from_bytes,
 )
+from language_pipes.vocabulary import SequenceId
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -190,7 +190,7 @@ def test_split_model_with_int8_and_int4_segments_decodes(
     agreement = _agreement(_next_tokens(quantized, prompt, "q"), reference_tokens)
     assert agreement >= 0.7, agreement
     tokens = quantized.greedy("g", reference.end.tokenizer.encode("The capital of France is"), 6)
-    assert len(tokens) == 6 and all(0 <= t < reference.end.vocab_size for t in tokens)
+    assert len(tokens) == 6 and all(0 <= t < reference.end.head.out_features for t in tokens)
 
 
 def test_mixed_pipe_bf16_end_model_and_int4_segment(
@@ -215,7 +215,7 @@ def test_quantized_end_model_quantizes_head_and_local_layers_not_embedding(
         source=reference.end.source,
         weights=weight_format("int8"),
     )
-    assert isinstance(end.head, QuantizedLinear) and end.vocab_size == reference.end.vocab_size
+    assert isinstance(end.head, QuantizedLinear) and end.head.out_features == reference.end.head.out_features
     assert isinstance(end.local_layers.layers[0].mlp.down_proj, QuantizedLinear)
     assert isinstance(end.embedding, nn.Embedding) and end.embedding.weight.dtype == torch.bfloat16
     model = SplitModel(end, reference.segments)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.segment import UnknownSequenceError
+from language_pipes.vocabulary import SequenceId
 from support.split_checks import ATOL, PROMPT
 from support.tiny_models import SplitModel, build_tiny_model, open_split
 

@@ -17,9 +17,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.end_model import EndModel
 from language_pipes.models.segment import LayerSegment, SegmentBatch, UnknownSequenceError
+from language_pipes.vocabulary import SequenceId
 from support.tiny_models import SplitModel, default_model_folder, open_split
 
 # Rerun under a second CPU kernel family by scripts/test.sh (see README, Tests).

@@ -31,10 +31,11 @@ from language_pipes.engine.speculation import (
     accept_longest_prefix,
     supports_speculation,
 )
-from language_pipes.engine.types import Finished, GenerationRequest, SamplingParams, SequenceId, TextDelta
+from language_pipes.engine.types import Finished, GenerationRequest, SamplingParams, TextDelta
 from language_pipes.models.partial import ModelSource
 from language_pipes.models.segment import LayerSegment, SegmentBatch
 from language_pipes.pipes.route import Route
+from language_pipes.vocabulary import SequenceId
 from support.tiny_models import SplitModel, build_tiny_model, open_split, tiny_config
 
 GREEDY = SamplingParams(temperature=0.0)

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from language_pipes.config import NodeConfig
 from language_pipes.engine.generator import ModelGenerator
 from language_pipes.engine.scheduler import MAX_REPLAYS, Scheduler
-from language_pipes.engine.types import Finished, GenerationRequest, SamplingParams, SequenceId
+from language_pipes.engine.types import Finished, GenerationRequest, SamplingParams
 from language_pipes.models.end_model import EndModel
 from language_pipes.models.segment import SegmentBatch
 from language_pipes.network.peer_network import Header, PeerNetwork, Reply
@@ -32,6 +32,7 @@ from language_pipes.network.types import NodeId, PeerRequestTimeout
 from language_pipes.pipes.frames import KIND_OPEN, KIND_RELEASE, KIND_STEP
 from language_pipes.pipes.remote import RemoteSegment
 from language_pipes.pipes.route import Route
+from language_pipes.vocabulary import SequenceId
 from support.peers import Starter, wait_until
 from support.tiny_models import build_tiny_model
 
@@ -124,7 +125,7 @@ async def test_a_request_through_a_silent_node_ends_with_503_instead_of_waiting(
         await asyncio.to_thread(scheduler.stop)
     finished = events[-1]
     assert isinstance(finished, Finished)
-    assert (finished.reason, finished.error_status) == ("error", 503)
+    assert (finished.reason, finished.failure) == ("error", "unavailable")  # the API answers 503
     # One deadline per attempt, a few attempts: seconds, not 120 s per attempt.
     assert elapsed < (MAX_REPLAYS + 1) * (DEADLINE_S + 1.0) + 2.0
 

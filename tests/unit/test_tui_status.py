@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from language_pipes.metrics import HopLatency
 from language_pipes.network.types import HostedSegment, NodeId, NodeRecord
-from language_pipes.tui.status import JobRates, draw_pipe, missing_before_serving, pipe_views
+from language_pipes.tui.status import (
+    HOP_IDLE_AFTER_S,
+    JobRates,
+    describe_segment,
+    draw_pipe,
+    hop_latency_text,
+    missing_before_serving,
+    pipe_views,
+)
 
 MODEL = "org/model"
 
@@ -64,3 +73,19 @@ def test_job_rates_count_tokens_since_first_seen() -> None:
     assert rates.rate("s", 14, now=3.0) == 5.0
     rates.forget_except([])
     assert rates.first_token_at == {}
+
+
+def test_hop_latency_text_shows_the_average_and_the_last_step_and_marks_idle_hops() -> None:
+    latency = HopLatency(last_s=0.0201, average_s=0.0214, steps=12, updated_at=100.0)
+    assert hop_latency_text(latency, now=101.0) == "step 21.4 ms (last 20.1 ms)"
+    assert hop_latency_text(latency, now=100.0 + HOP_IDLE_AFTER_S + 1) == "step 21.4 ms (last 20.1 ms), idle"
+    assert hop_latency_text(None) == ""
+
+
+def test_a_segment_is_described_with_its_data_type_and_state() -> None:
+    assert describe_segment(HostedSegment(MODEL, 1, 16, True, "int8")) == f"{MODEL} 1-15 int8"
+    assert describe_segment(HostedSegment(MODEL, 1, 16, False, "int4")) == f"{MODEL} 1-15 int4 (loading)"
+    assert describe_segment(HostedSegment(MODEL, 28, 30, True, "bfloat16", private=True)) == (
+        f"{MODEL} 28-29 bfloat16 (end model's own)"
+    )
+    assert describe_segment(HostedSegment(MODEL, 1, 4, True)) == f"{MODEL} 1-3"  # an older node: no type

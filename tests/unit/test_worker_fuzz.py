@@ -17,7 +17,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.partial import ModelSource
 from language_pipes.models.segment import LayerSegment, SegmentBatch
 from language_pipes.network.identity import NodeIdentity
@@ -25,6 +24,7 @@ from language_pipes.network.peer_network import PeerNetwork
 from language_pipes.network.types import NodeId
 from language_pipes.pipes.frames import StepHeader, encode_sequence_ids, encode_step, tensor_bytes
 from language_pipes.pipes.worker import LayerWorker
+from language_pipes.vocabulary import SequenceId
 from support.tiny_models import build_tiny_model
 
 MODEL = "tiny/llama"

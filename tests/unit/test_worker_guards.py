@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.partial import ModelSource
 from language_pipes.models.segment import LayerSegment, SegmentBatch
 from language_pipes.network.peer_network import PeerNetwork
@@ -33,6 +32,7 @@ from language_pipes.pipes.frames import (
     tensor_bytes,
 )
 from language_pipes.pipes.worker import LayerWorker
+from language_pipes.vocabulary import SequenceId
 from support.peers import Starter, wait_until
 from support.tiny_models import build_tiny_model
 

@@ -17,19 +17,19 @@ Shared state on ``app.state`` (read through the helpers named here):
 * ``settings``: the :class:`ApiSettings` (body and prompt limits, allowed
   origins and hosts, response store bounds).
 
-Outermost is the :class:`~language_pipes.api.guard.RequestGuard` (request id,
-Host/Origin checks, body size limit), then CORS for the allowed origins.
+Outermost is :class:`~language_pipes.api.metrics_route.RequestMetrics` (counts
+every request for ``/metrics``), then the :class:`~language_pipes.api.guard.RequestGuard`
+(request id, Host/Origin checks, body size limit), then CORS for the allowed origins.
 
 Building blocks for another endpoint: ``body.read_body`` and
 ``schemas.SamplingFields``, ``models_route.completion_token_budget``,
-``chat.run_generation`` / ``chat.start_streamed_generation`` /
-``chat.error_event``, ``sse.EventStreamResponse`` / ``sse.sse_event`` /
+``generation.run_generation`` / ``generation.start_streamed_generation`` /
+``generation.error_event``, ``sse.EventStreamResponse`` / ``sse.sse_event`` /
 ``sse.SSE_DONE``.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 
@@ -39,7 +39,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
-from language_pipes.api import chat, models_route
+from language_pipes import metrics
+from language_pipes.api import chat, metrics_route, models_route, responses
 from language_pipes.api.auth import JobLimiter
 from language_pipes.api.errors import (
     APIError,
@@ -96,24 +97,18 @@ async def _unexpected_error(request: Request, error: Exception) -> Response:
     return internal_error().response()
 
 
-def _include_responses_router(app: FastAPI) -> None:
-    try:
-        responses = importlib.import_module("language_pipes.api.responses")
-    except ImportError:
-        # The Responses endpoint is optional while it is being written; chat and models work without it.
-        logger.warning("the /v1/responses endpoint is not available", exc_info=True)
-        return
-    app.include_router(responses.router)
-
-
 def create_app(
     catalog: ModelCatalog,
     *,
     api_keys: list[str],
     max_api_jobs: int,
     settings: ApiSettings | None = None,
+    node_state: metrics.NodeStateSource | None = None,
 ) -> FastAPI:
-    """The API app for one node; ``max_api_jobs`` requests in flight per key."""
+    """The API app for one node; ``max_api_jobs`` requests in flight per key.
+
+    ``node_state`` feeds the gauges of ``/metrics`` (queue depth, KV use) at scrape time.
+    """
     settings = settings or ApiSettings()
     app = FastAPI(
         title="Language Pipes",
@@ -130,6 +125,7 @@ def create_app(
     app.state.response_store = ResponseStore(
         settings.response_store_entries, max_bytes=settings.response_store_bytes
     )
+    app.state.metrics_registry = metrics.build_registry(node_state)
 
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -139,7 +135,8 @@ def create_app(
 
     app.include_router(chat.router)
     app.include_router(models_route.router)
-    _include_responses_router(app)
+    app.include_router(metrics_route.router)
+    app.include_router(responses.router)
     if settings.allowed_origins:
         # Browsers on an allowed origin need CORS answers; the guard has refused every other origin.
         origins = ["*"] if ANY in settings.allowed_origins else sorted(settings.allowed_origins)
@@ -147,4 +144,6 @@ def create_app(
             CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["*"]
         )
     app.add_middleware(RequestGuard, settings=settings)
+    # Outermost, so requests the guard refuses are counted too.
+    app.add_middleware(metrics_route.RequestMetrics)
     return app

@@ -1,13 +1,7 @@
 """``POST /v1/chat/completions``: validated chat body -> engine request -> JSON or SSE chunks.
 
-Also home of the two ways of consuming the engine that every generating
-endpoint shares (the Responses endpoint imports them); both raise APIError:
-
-* :func:`run_generation` collects a whole generation, cancelling it if the
-  client disconnects, and raises the right :class:`APIError` if it failed;
-* :func:`start_streamed_generation` waits for the first event so that a
-  failure before anything was produced still gets a proper HTTP status, then
-  hands back the first event and the rest of the stream.
+The engine is read through :mod:`language_pipes.api.generation`, shared with
+the Responses endpoint; this module plans the chat output and renders chunks.
 """
 
 from __future__ import annotations
@@ -30,124 +24,26 @@ from starlette.responses import JSONResponse, Response
 from language_pipes.api import chat_tools
 from language_pipes.api.auth import AuthenticatedClient, JobSlot, job_limiter
 from language_pipes.api.body import read_body
-from language_pipes.api.errors import (
-    current_request_id,
-    finished_with_error,
-    generation_failed,
-    invalid_request,
+from language_pipes.api.errors import current_request_id, finished_with_error, invalid_request
+from language_pipes.api.generation import (
+    GenerationEndedEarly,
+    GenerationOutcome,
+    StartedGeneration,
+    error_event,
+    run_generation,
+    start_streamed_generation,
 )
 from language_pipes.api.models_route import completion_token_budget, generator_for
 from language_pipes.api.prompt import encode_prompt
 from language_pipes.api.reasoning import prompt_opens_reasoning
 from language_pipes.api.schemas import ChatCompletionRequest
 from language_pipes.api.settings import api_settings
-from language_pipes.api.sse import SSE_DONE, EventStreamResponse, cancel_on_disconnect, sse_event
-from language_pipes.engine.types import (
-    Finished,
-    GenerationEvent,
-    GenerationRequest,
-    TextDelta,
-    TextGenerator,
-)
+from language_pipes.api.sse import SSE_DONE, EventStreamResponse, sse_event
+from language_pipes.engine.types import Finished, GenerationRequest, TextDelta, TextGenerator
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
-
-
-# --- consuming the engine (shared with the Responses endpoint) ------------------------------------
-
-
-@dataclass(frozen=True)
-class GenerationOutcome:
-    """A whole non-streamed generation."""
-
-    text: str
-    finished: Finished
-
-
-@dataclass(frozen=True)
-class StartedGeneration:
-    """A stream whose first event has arrived and was not an error."""
-
-    first_event: GenerationEvent
-    events: AsyncIterator[GenerationEvent]
-    slot: JobSlot | None = None
-
-    async def close(self) -> None:
-        """Cancel the sequence if it is still running and free its job slot (idempotent)."""
-        await _abandon(self.events, self.slot)
-
-
-async def _abandon(events: AsyncIterator[GenerationEvent], slot: JobSlot | None) -> None:
-    try:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
-    finally:
-        if slot is not None:
-            slot.release()
-
-
-class GenerationEndedEarly(RuntimeError):
-    """The engine's stream ended without its :class:`Finished` event (an engine bug)."""
-
-
-async def _collect(events: AsyncIterator[GenerationEvent]) -> GenerationOutcome:
-    pieces: list[str] = []
-    async for event in events:
-        if isinstance(event, TextDelta):
-            pieces.append(event.text)
-        else:
-            return GenerationOutcome("".join(pieces), event)
-    raise GenerationEndedEarly("the engine ended a sequence without a Finished event")
-
-
-async def _next_event(events: AsyncIterator[GenerationEvent]) -> GenerationEvent | None:
-    try:
-        return await anext(events)
-    except StopAsyncIteration:
-        # Reported as None so the caller can raise GenerationEndedEarly outside the task.
-        return None
-
-
-async def run_generation(
-    request: Request, generator: TextGenerator, generation: GenerationRequest
-) -> GenerationOutcome:
-    """Generate to the end; cancels on client disconnect; raises APIError if the engine failed."""
-    events = generator.generate(generation)
-    try:
-        outcome = await cancel_on_disconnect(request, _collect(events))
-    finally:
-        await events.aclose()
-    if outcome.finished.reason == "error":
-        raise finished_with_error(outcome.finished)
-    return outcome
-
-
-async def start_streamed_generation(
-    request: Request, generator: TextGenerator, generation: GenerationRequest, slot: JobSlot | None = None
-) -> StartedGeneration:
-    """Start a stream and wait for its first event; an immediate failure raises its APIError.
-
-    The returned stream holds ``slot`` until it is closed; if it never starts, the slot is freed here.
-    """
-    events = generator.generate(generation)
-    try:
-        first = await cancel_on_disconnect(request, _next_event(events))
-        if first is None:
-            raise GenerationEndedEarly("the engine ended a sequence without any event")
-        if isinstance(first, Finished) and first.reason == "error":
-            raise finished_with_error(first)
-    except BaseException:
-        await _abandon(events, slot)
-        raise
-    return StartedGeneration(first, events, slot)
-
-
-def error_event(message: str, status: int = 500) -> str:
-    """The SSE frame that ends a stream which failed after it began."""
-    return sse_event(generation_failed(message, status).body())
 
 
 # --- chat completions ------------------------------------------------------------------------------
@@ -296,15 +192,13 @@ async def chat_stream_frames(
 ) -> AsyncIterator[str]:
     """role chunk, delta chunks, finish chunk, [usage chunk], [DONE]; an error event on failure."""
     yield writer.role()
-    event: GenerationEvent | None = started.first_event
     try:
-        while event is not None:
+        async for event in started.events():
             if isinstance(event, TextDelta):
                 for delta in interpreter.feed(event.text):
                     yield writer.delta(delta)
             elif event.reason == "error":
                 yield sse_event(finished_with_error(event).body())
-                break
             else:
                 last_deltas, reason = interpreter.finish(event.reason)
                 for delta in last_deltas:
@@ -312,10 +206,9 @@ async def chat_stream_frames(
                 yield writer.finish(reason)
                 if writer.include_usage:
                     yield writer.usage(event)
-                break
-            event = await _next_event(started.events)
-        if event is None:
-            yield error_event("The generation ended unexpectedly.")
+    except GenerationEndedEarly:
+        # The engine ended without Finished (an engine bug); the headers are sent, so say it in-band.
+        yield error_event("The generation ended unexpectedly.")
     except Exception:
         # The headers are sent, so an engine failure can only be reported in-band.
         logger.exception("request %s: generation failed during a stream", current_request_id())

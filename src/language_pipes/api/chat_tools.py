@@ -45,11 +45,9 @@ from language_pipes.api.schemas import ChatCompletionRequest, JsonObjectFormat, 
 from language_pipes.engine.constraints import (
     GrammarCompileError,
     GrammarConstraint,
-    check_json_schema,
     compact_json,
     json_object_constraint,
     json_schema_constraint,
-    tool_call_constraint,
 )
 from language_pipes.engine.types import FinishReason, TextGenerator
 
@@ -95,22 +93,7 @@ def plan_chat_output(body: ChatCompletionRequest, generator: TextGenerator) -> C
     constraint: GrammarConstraint | None = None
     if tool_calls.call_is_enforced(choice):
         mode: ChatOutputMode = "enforced_call"
-        callable_names = {tool.name for tool in callable_tools}
-        for index, tool in enumerate(tools):  # index into the request's tools, for the error's param
-            if tool.name in callable_names and tool.parameters:
-                try:
-                    check_json_schema(
-                        tokenizer, tool.parameters, what=f"The parameters of tool '{tool.name}'"
-                    )
-                except GrammarCompileError as error:
-                    raise invalid_request(str(error), param=f"tools[{index}].function.parameters") from None
-        try:
-            constraint = tool_call_constraint(
-                tokenizer, {tool.name: tool.parameters for tool in callable_tools}
-            )
-        except GrammarCompileError as error:
-            # Each schema compiled alone; only their combination failed.
-            raise invalid_request(str(error), param="tools") from None
+        constraint = tool_calls.enforced_call_constraint(tokenizer, tools, callable_tools, "chat")
     else:
         mode = "auto_tools" if callable_tools else "text"
         if isinstance(response_format, JsonSchemaFormat):
@@ -225,7 +208,6 @@ class ChatDeltaInterpreter:
         self.call_announced = False
         self.buffered_answer = ""
         self.raw_text = ""
-        self.made_calls = False
 
     def feed(self, text: str) -> list[ChoiceDelta]:
         self.raw_text += text

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from language_pipes.engine.types import Finished
+from language_pipes.engine.types import FailureKind, Finished
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,10 @@ def _with_request_id(message: str) -> str:
     return f"{message} (request id {request_id})" if request_id else message
 
 
+# The HTTP status of each kind of engine failure: the engine names the kind, the API owns the status.
+FAILURE_STATUS: dict[FailureKind, int] = {"internal": 500, "unavailable": 503, "timeout": 504}
+
+
 def generation_failed(message: str | None, status: int = 500, public: str | None = None) -> APIError:
     """The engine reported an error; a 5xx keeps its details in the log, not in the body.
 
@@ -115,7 +119,7 @@ def generation_failed(message: str | None, status: int = 500, public: str | None
 
 def finished_with_error(finished: Finished) -> APIError:
     """The error a sequence that ended with ``reason == "error"`` answers with."""
-    return generation_failed(finished.error, finished.error_status, finished.public_error)
+    return generation_failed(finished.error, FAILURE_STATUS[finished.failure], finished.public_error)
 
 
 def route_not_found(method: str, path: str) -> APIError:

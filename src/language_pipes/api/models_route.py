@@ -1,7 +1,8 @@
 """``GET /v1/models`` and ``GET /v1/models/{id}``, plus the model lookups every endpoint shares.
 
 * :func:`generator_for` maps a requested model id to its :class:`TextGenerator`
-  (404 ``model_not_found`` / 503 when no complete pipe serves it).
+  (404 ``model_not_found`` / 503 when no complete pipe serves it), timed for
+  ``/metrics``.
 * :func:`completion_token_budget` decides how many tokens a request may
   generate: the requested limit (default 1000) capped by what is left of the
   context window; a prompt that does not fit is a 400.
@@ -16,6 +17,7 @@ from openai.types import Model
 
 from language_pipes.api.auth import AuthenticatedClient
 from language_pipes.api.errors import invalid_request, model_not_found, model_unavailable
+from language_pipes.api.metrics_route import TimedGenerator
 from language_pipes.engine.types import ModelCatalog, ModelUnavailableError, ModelUnknownError, TextGenerator
 
 DEFAULT_MAX_COMPLETION_TOKENS = 1000
@@ -33,11 +35,13 @@ def model_catalog(request: Request) -> ModelCatalog:
 def generator_for(request: Request, model_id: str) -> TextGenerator:
     """The generator serving ``model_id``, or the 404/503 :class:`APIError` a client should see."""
     try:
-        return model_catalog(request).generator(model_id)
+        generator = model_catalog(request).generator(model_id)
     except ModelUnknownError:
         raise model_not_found(model_id) from None
     except ModelUnavailableError:
         raise model_unavailable(model_id) from None
+    # Every generation a route starts is timed for /metrics (TTFT, time per output token).
+    return TimedGenerator(generator)
 
 
 def completion_token_budget(

@@ -23,8 +23,10 @@ How output is streamed depends on what it can be:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from fastapi import APIRouter, Request
 from openai.types.responses import ResponseFunctionToolCall
@@ -33,13 +35,13 @@ from starlette.responses import JSONResponse, Response
 from language_pipes.api import tool_calls
 from language_pipes.api.auth import AuthenticatedClient, ClientKey, JobSlot, job_limiter
 from language_pipes.api.body import read_body
-from language_pipes.api.chat import GenerationEndedEarly, StartedGeneration, start_streamed_generation
 from language_pipes.api.errors import (
     current_request_id,
     finished_with_error,
     generation_failed,
     invalid_request,
 )
+from language_pipes.api.generation import GenerationEndedEarly, StartedGeneration, start_streamed_generation
 from language_pipes.api.models_route import completion_token_budget, generator_for
 from language_pipes.api.prompt import encode_prompt
 from language_pipes.api.reasoning import (
@@ -63,18 +65,23 @@ from language_pipes.api.responses_schemas import (
     TextFormatJsonObject,
     TextFormatJsonSchema,
 )
-from language_pipes.api.responses_stream import ResponseBuilder, ResponseSettings, event_frame
+from language_pipes.api.responses_settings import ResponseSettings
+from language_pipes.api.responses_stream import ResponseBuilder, event_frame
 from language_pipes.api.settings import api_settings
 from language_pipes.api.sse import SSE_DONE, EventStreamResponse, cancel_on_disconnect
 from language_pipes.engine.constraints import (
     GrammarCompileError,
     GrammarConstraint,
-    check_json_schema,
     json_object_constraint,
     json_schema_constraint,
-    tool_call_constraint,
 )
-from language_pipes.engine.types import GenerationEvent, GenerationRequest, TextDelta, TextGenerator
+from language_pipes.engine.types import (
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    TextDelta,
+    TextGenerator,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +96,19 @@ def check_request_options(body: ResponsesRequest) -> None:
         raise invalid_request(
             "max_output_tokens, max_completion_tokens and max_tokens were given with different values.",
             param=alias,
+        )
+    if body.background:
+        raise invalid_request(
+            "background responses are not supported: this node answers each request while it is open.",
+            param="background",
+        )
+    if body.reasoning is not None and body.reasoning.effort is not None:
+        raise invalid_request(
+            "reasoning.effort is not supported: the model's reasoning cannot be steered.", param="reasoning"
+        )
+    if body.top_logprobs:
+        raise invalid_request(
+            "top_logprobs is not supported (logprobs are not supported).", param="top_logprobs"
         )
     output_format = body.output_format()
     structured = output_format is not None and output_format.type != "text"
@@ -109,21 +129,7 @@ def _build_constraint(
     """Compile the token constraint (runs in a worker thread: compiling can take a moment)."""
     tokenizer = generator.tokenizer
     if mode == "enforced_call":
-        callable_names = {tool.name for tool in callable_tools}
-        # validate_tools keeps the request's order, so the index is the one the client sent.
-        for index, tool in enumerate(all_tools):
-            if tool.name in callable_names and tool.parameters:
-                try:
-                    check_json_schema(
-                        tokenizer, tool.parameters, what=f"The parameters of tool '{tool.name}'"
-                    )
-                except GrammarCompileError as error:
-                    raise invalid_request(str(error), param=f"tools[{index}].parameters") from None
-        try:
-            return tool_call_constraint(tokenizer, {tool.name: tool.parameters for tool in callable_tools})
-        except GrammarCompileError as error:
-            # Each schema compiled alone; only their combination failed.
-            raise invalid_request(str(error), param="tools") from None
+        return tool_calls.enforced_call_constraint(tokenizer, all_tools, callable_tools, "responses")
     output_format = body.output_format()
     if isinstance(output_format, TextFormatJsonSchema):
         try:
@@ -194,21 +200,44 @@ async def plan_response(
 
 def response_settings(plan: ResponsePlan) -> ResponseSettings:
     body = plan.body
-    output_format = body.output_format()
+    sampling = plan.generation.sampling
     return ResponseSettings(
         model=body.model,
         instructions=body.instructions,
         tools=plan.tools,
         tool_choice=plan.tool_choice,
         parallel_tool_calls=body.parallel_tool_calls is not False,
-        temperature=plan.generation.sampling.temperature,
-        top_p=plan.generation.sampling.top_p,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        presence_penalty=sampling.presence_penalty,
+        frequency_penalty=sampling.frequency_penalty,
         max_output_tokens=body.requested_max_tokens(),
+        max_tool_calls=body.max_tool_calls,
         previous_response_id=body.previous_response_id,
         metadata=body.metadata,
-        text_format=output_format.model_dump(by_alias=True, exclude_none=True) if output_format else None,
+        text_format=_echoed_format(body),
         store=body.store is not False,
+        safety_identifier=body.safety_identifier,
+        prompt_cache_key=body.prompt_cache_key,
+        user=body.user,
+        reasoning_summary=body.reasoning_summary(),
     )
+
+
+def _echoed_format(body: ResponsesRequest) -> dict[str, Any] | None:
+    """``text.format`` as the response echoes it: a json_schema format with ``description`` and ``strict``.
+
+    Both are always present (``None`` / ``False``, OpenAI's defaults, when not sent), as the Open
+    Responses schema requires the keys.
+    """
+    output_format = body.output_format()
+    if output_format is None:
+        return None
+    echoed = output_format.model_dump(by_alias=True, exclude_none=True)
+    if isinstance(output_format, TextFormatJsonSchema):
+        echoed["description"] = output_format.description
+        echoed["strict"] = bool(output_format.strict)
+    return echoed
 
 
 # ---------------------------------------------------------------- store
@@ -267,6 +296,33 @@ async def _compose_whole(generator: TextGenerator, plan: ResponsePlan, composer:
         await events.aclose()
 
 
+_HEARTBEAT = object()
+
+
+async def _events_with_heartbeats(
+    started: StartedGeneration, interval: float
+) -> AsyncIterator[GenerationEvent | object | None]:
+    """The engine's events (``None`` when it ends early), and ``_HEARTBEAT`` for each quiet ``interval``."""
+    yield started.first_event
+    if not isinstance(started.first_event, TextDelta):
+        return
+    while True:
+        pending = asyncio.ensure_future(_next_event(started.rest))
+        try:
+            while not (await asyncio.wait({pending}, timeout=interval))[0]:
+                yield _HEARTBEAT
+        finally:
+            if not pending.done():
+                # The stream is being closed mid-wait: stop reading the engine before it is closed.
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pending
+        event = pending.result()
+        yield event
+        if event is None or not isinstance(event, TextDelta):
+            return
+
+
 async def _stream_frames(
     request: Request,
     plan: ResponsePlan,
@@ -277,18 +333,21 @@ async def _stream_frames(
     composer = OutputComposer(builder, plan)
     for event in builder.start():
         yield event_frame(event)
-    current: GenerationEvent | None = started.first_event
+    current: GenerationEvent | object | None = None
+    events = _events_with_heartbeats(started, api_settings(request).stream_heartbeat_seconds)
     try:
-        while current is not None:
-            if isinstance(current, TextDelta):
+        async for current in events:
+            if current is _HEARTBEAT:
+                for event in builder.heartbeat():
+                    yield event_frame(event)
+            elif isinstance(current, TextDelta):
                 for event in composer.on_delta(current):
                     yield event_frame(event)
-            else:
+            elif current is not None:
+                assert isinstance(current, Finished)
                 for event in composer.on_finished(current):
                     yield event_frame(event)
                 remember(request, plan, builder, client)
-                break
-            current = await _next_event(started.events)
         if current is None:
             for event in builder.fail(generation_failed("the engine ended without Finished").message):
                 yield event_frame(event)
@@ -297,6 +356,8 @@ async def _stream_frames(
         logger.exception("request %s: generation failed during a responses stream", current_request_id())
         for event in builder.fail(generation_failed("unexpected exception during a stream").message):
             yield event_frame(event)
+    finally:
+        await events.aclose()
     yield SSE_DONE
 
 

@@ -22,6 +22,7 @@ class OutputComposer:
         self.mode = plan.mode
         self.tools = tool_calls.tools_for_choice(plan.tools, plan.tool_choice)
         self.parallel = plan.body.parallel_tool_calls is not False
+        self.max_tool_calls = plan.body.max_tool_calls
         self.splitter = ReasoningSplitter(starts_in_reasoning=plan.starts_in_reasoning)
         self.call_reader = tool_calls.EnforcedCallReader()
         self.buffered_answer = ""
@@ -81,6 +82,8 @@ class OutputComposer:
 
     def _resolve_buffered_answer(self) -> list[ResponseStreamEvent]:
         calls = tool_calls.parse_tool_calls(self.buffered_answer, self.tools, parallel=self.parallel)
+        if self.max_tool_calls is not None:
+            calls = calls[: self.max_tool_calls]
         events: list[ResponseStreamEvent] = []
         if calls:
             for call in calls:

@@ -171,6 +171,24 @@ class TextConfig(StrictModel):
     verbosity: Literal["medium"] | None = None
 
 
+class ReasoningConfig(StrictModel):
+    """``reasoning``: only the summary is accepted (``api.responses.check_request_options`` refuses effort).
+
+    A reasoning model's whole thinking text becomes the reasoning item's summary, so
+    ``auto`` and ``detailed`` are what it gets; a shorter (``concise``) summary is not made.
+    """
+
+    effort: str | None = None
+    summary: Literal["auto", "detailed"] | None = None
+    # The deprecated name of ``summary``.
+    generate_summary: Literal["auto", "detailed"] | None = None
+
+
+# "reasoning.encrypted_content": the node keeps no hidden reasoning (the whole thinking text is the
+# summary) and does not show earlier reasoning to the model again, so there is nothing to encrypt.
+IncludeValue = Literal["reasoning.encrypted_content"]
+
+
 class ResponsesRequest(SamplingFields):
     """``POST /v1/responses``."""
 
@@ -196,6 +214,16 @@ class ResponsesRequest(SamplingFields):
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
     service_tier: Literal["auto", "default"] | None = None
+    # Accepted so clients may send their defaults; anything else is refused by check_request_options
+    # (nothing runs in the background, and no log probabilities are computed).
+    background: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    # The most function calls one response may carry (calls past it are dropped).
+    max_tool_calls: Annotated[int, Field(ge=1)] | None = None
+    reasoning: ReasoningConfig | None = None
+    include: list[IncludeValue] | None = None
+    # Caller metadata with no effect on generation (Codex sends its session ids here).
+    client_metadata: dict[str, str] | None = None
 
     def requested_max_tokens(self) -> int | None:
         for value in (self.max_output_tokens, self.max_completion_tokens, self.max_tokens):
@@ -224,6 +252,11 @@ class ResponsesRequest(SamplingFields):
         if isinstance(self.input, str):
             return [MessageItem(role="user", content=self.input)]
         return list(self.input)
+
+    def reasoning_summary(self) -> str | None:
+        if self.reasoning is None:
+            return None
+        return self.reasoning.summary or self.reasoning.generate_summary
 
     def output_format(self) -> TextFormatText | TextFormatJsonObject | TextFormatJsonSchema | None:
         return self.text.format if self.text is not None else None

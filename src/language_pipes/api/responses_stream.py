@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from openai.types.responses import (
-    FunctionTool,
     Response,
     ResponseCompletedEvent,
     ResponseContentPartAddedEvent,
@@ -43,7 +41,6 @@ from openai.types.responses import (
     ResponseReasoningSummaryTextDeltaEvent,
     ResponseReasoningSummaryTextDoneEvent,
     ResponseStreamEvent,
-    ResponseTextConfig,
     ResponseTextDeltaEvent,
     ResponseTextDoneEvent,
     ResponseUsage,
@@ -55,6 +52,7 @@ from openai.types.responses.response_reasoning_summary_part_done_event import Pa
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
 from language_pipes.api import tool_calls
+from language_pipes.api.responses_settings import ResponseSettings, echoed_fields, whole_seconds
 from language_pipes.api.sse import sse_event
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
@@ -67,41 +65,10 @@ def new_item_id(prefix: str) -> str:
 
 def event_frame(event: ResponseStreamEvent) -> str:
     """The SSE frame of one event (named, as OpenAI sends them)."""
-    return sse_event(event.model_dump(mode="json", exclude_unset=True), event=event.type)
-
-
-@dataclass
-class ResponseSettings:
-    """The request settings a ``Response`` object echoes back."""
-
-    model: str
-    instructions: str | None = None
-    tools: list[tool_calls.FunctionTool] = field(default_factory=list)
-    tool_choice: tool_calls.ToolChoice = "auto"
-    parallel_tool_calls: bool = True
-    temperature: float | None = None
-    top_p: float | None = None
-    max_output_tokens: int | None = None
-    previous_response_id: str | None = None
-    metadata: dict[str, str] | None = None
-    text_format: dict[str, Any] | None = None
-    store: bool = True
-
-
-def _tool_choice_value(choice: tool_calls.ToolChoice) -> Any:
-    if isinstance(choice, tool_calls.ForcedTool):
-        return {"type": "function", "name": choice.name}
-    return choice
-
-
-def _tool_value(tool: tool_calls.FunctionTool) -> FunctionTool:
-    return FunctionTool(
-        type="function",
-        name=tool.name,
-        description=tool.description,
-        parameters=tool.parameters,
-        strict=tool.strict,
-    )
+    data = event.model_dump(mode="json", exclude_unset=True, by_alias=True)
+    if isinstance(data.get("response"), dict):
+        whole_seconds(data["response"])
+    return sse_event(data, event=event.type)
 
 
 class ResponseBuilder:
@@ -118,6 +85,8 @@ class ResponseBuilder:
         self.status: Literal["in_progress", "completed", "incomplete", "failed"] = "in_progress"
         self.usage: ResponseUsage | None = None
         self.error: ResponseError | None = None
+        # Set when the response ends with status "completed" (as in OpenAI's objects).
+        self.completed_at: int | None = None
 
     # ---------------------------------------------------------------- snapshot
 
@@ -130,21 +99,13 @@ class ResponseBuilder:
             "model": settings.model,
             "status": self.status,
             "output": [item.model_copy(deep=True) for item in self.output],
-            "parallel_tool_calls": settings.parallel_tool_calls,
-            "tool_choice": _tool_choice_value(settings.tool_choice),
-            "tools": [_tool_value(tool) for tool in settings.tools],
-            "instructions": settings.instructions,
-            "metadata": settings.metadata or {},
-            "temperature": settings.temperature,
-            "top_p": settings.top_p,
-            "max_output_tokens": settings.max_output_tokens,
-            "previous_response_id": settings.previous_response_id,
             "incomplete_details": (
                 IncompleteDetails(reason="max_output_tokens") if self.status == "incomplete" else None
             ),
             "error": self.error,
             "usage": self.usage,
-            "text": ResponseTextConfig.model_validate({"format": settings.text_format or {"type": "text"}}),
+            "completed_at": self.completed_at,
+            **echoed_fields(settings),
         }
         return Response.model_validate(fields)
 
@@ -160,7 +121,7 @@ class ResponseBuilder:
 
     def body(self) -> dict[str, Any]:
         """The final JSON body (with the SDK's convenience ``output_text`` added, as the seed documents)."""
-        body = self.snapshot().model_dump(mode="json", exclude_unset=True)
+        body = whole_seconds(self.snapshot().model_dump(mode="json", exclude_unset=True, by_alias=True))
         body["output_text"] = self.output_text
         return body
 
@@ -185,6 +146,14 @@ class ResponseBuilder:
             ),
         ]
 
+    def heartbeat(self) -> list[ResponseStreamEvent]:
+        """``response.in_progress`` again: a stream that is busy but has nothing new to send."""
+        return [
+            ResponseInProgressEvent(
+                type="response.in_progress", sequence_number=self._next(), response=self.snapshot()
+            )
+        ]
+
     def finish(
         self, status: EndStatus, *, input_tokens: int, output_tokens: int, reasoning_tokens: int = 0
     ) -> list[ResponseStreamEvent]:
@@ -199,6 +168,7 @@ class ResponseBuilder:
             total_tokens=input_tokens + output_tokens,
         )
         if status == "completed":
+            self.completed_at = int(time.time())
             events.append(
                 ResponseCompletedEvent(
                     type="response.completed", sequence_number=self._next(), response=self.snapshot()

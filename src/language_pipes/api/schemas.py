@@ -175,20 +175,6 @@ class ChatMessage(StrictModel):
             return self.content
         return "".join(part.text for part in self.content)
 
-    def template_message(self) -> dict[str, object]:
-        """The message as a chat template expects it."""
-        message: dict[str, object] = {
-            "role": "system" if self.role == "developer" else self.role,
-            "content": self.text(),
-        }
-        if self.name is not None:
-            message["name"] = self.name
-        if self.tool_calls:
-            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
-        if self.tool_call_id is not None:
-            message["tool_call_id"] = self.tool_call_id
-        return message
-
 
 # --- tools and output format (accepted by the schema; support is decided by the endpoint) -------
 

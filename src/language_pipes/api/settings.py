@@ -17,6 +17,7 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_PROMPT_CHARS = 1_000_000
 DEFAULT_RESPONSE_STORE_BYTES = 64 * 1024 * 1024
 DEFAULT_RESPONSE_STORE_ENTRIES = 512
+DEFAULT_STREAM_HEARTBEAT_SECONDS = 10.0
 # Host names that always mean this machine (browsers resolve *.localhost to loopback themselves).
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost", "ip6-loopback"})
 ANY = "*"
@@ -34,6 +35,9 @@ class ApiSettings:
     allowed_hosts: frozenset[str] = frozenset()
     response_store_bytes: int = DEFAULT_RESPONSE_STORE_BYTES
     response_store_entries: int = DEFAULT_RESPONSE_STORE_ENTRIES
+    # A /v1/responses stream that has sent nothing for this long repeats response.in_progress, so
+    # clients with an idle timeout (Codex: 300 s) keep waiting while a slow node works.
+    stream_heartbeat_seconds: float = DEFAULT_STREAM_HEARTBEAT_SECONDS
 
     @staticmethod
     def from_config(config: Any) -> ApiSettings:

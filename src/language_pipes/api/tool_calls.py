@@ -21,7 +21,14 @@ from typing import Any, Literal, NewType
 
 from language_pipes.api.errors import invalid_request
 from language_pipes.api.reasoning import split_reasoning
-from language_pipes.engine.constraints import JsonSchema, compact_json
+from language_pipes.engine.constraints import (
+    GrammarCompileError,
+    GrammarConstraint,
+    JsonSchema,
+    check_json_schema,
+    compact_json,
+    tool_call_constraint,
+)
 
 CallId = NewType("CallId", str)
 ToolApi = Literal["responses", "chat"]
@@ -175,6 +182,29 @@ def tools_for_choice(tools: Sequence[FunctionTool], choice: ToolChoice) -> list[
 def call_is_enforced(choice: ToolChoice) -> bool:
     """Whether the output is forced (by constrained decoding) to be a tool call."""
     return choice == "required" or isinstance(choice, ForcedTool)
+
+
+def enforced_call_constraint(
+    tokenizer: Any, tools: Sequence[FunctionTool], callable_tools: Sequence[FunctionTool], api: ToolApi
+) -> GrammarConstraint:
+    """The constraint that makes the model call one of ``callable_tools``; 400 naming a bad schema.
+
+    Each callable tool's schema is compiled alone first, so the error names its
+    index in the request's ``tools`` (``validate_tools`` keeps their order).
+    """
+    callable_names = {tool.name for tool in callable_tools}
+    where = "function.parameters" if api == "chat" else "parameters"
+    for index, tool in enumerate(tools):
+        if tool.name in callable_names and tool.parameters:
+            try:
+                check_json_schema(tokenizer, tool.parameters, what=f"The parameters of tool '{tool.name}'")
+            except GrammarCompileError as error:
+                raise invalid_request(str(error), param=f"tools[{index}].{where}") from None
+    try:
+        return tool_call_constraint(tokenizer, {tool.name: tool.parameters for tool in callable_tools})
+    except GrammarCompileError as error:
+        # Each schema compiled alone; only their combination failed.
+        raise invalid_request(str(error), param="tools") from None
 
 
 # ---------------------------------------------------------------- prompting

@@ -19,9 +19,9 @@ from language_pipes.engine.types import (
     Finished,
     GenerationEvent,
     GenerationRequest,
-    SequenceId,
 )
 from language_pipes.models.end_model import EndModel
+from language_pipes.vocabulary import SequenceId
 
 
 class ModelGenerator:
@@ -34,10 +34,8 @@ class ModelGenerator:
         self.context_length = end_model.context_length
         self.tokenizer = end_model.tokenizer
 
-    def encode_chat(
-        self, messages: list[dict[str, object]], tools: list[dict[str, object]] | None = None
-    ) -> list[int]:
-        return self.end_model.encode_chat(messages, tools)
+    def encode_chat(self, messages: list[dict[str, object]]) -> list[int]:
+        return self.end_model.encode_chat(messages)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         loop = asyncio.get_running_loop()

@@ -12,6 +12,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from language_pipes.engine.sequence import Sequence
+from language_pipes.engine.types import FailureKind
 
 if TYPE_CHECKING:
     from language_pipes.engine.scheduler import Scheduler
@@ -24,10 +25,12 @@ IDLE_WAIT_S = 0.5
 FAILURE_PAUSE_S = 0.05
 
 
-def fail(sequence: Sequence, message: str, status: int = 500, public: str | None = None) -> None:
+def fail(
+    sequence: Sequence, message: str, failure: FailureKind = "internal", public: str | None = None
+) -> None:
     """Finish ``sequence`` with an error; never raises (its client may be gone already)."""
     try:
-        sequence.finish("error", message, status, public)
+        sequence.finish("error", message, failure, public)
     except Exception:  # noqa: BLE001 - emitting to a vanished client must not take the lane down
         log.exception("could not report the failure of sequence %s", sequence.sequence_id)
         sequence.finished = True

@@ -42,7 +42,8 @@ from language_pipes.engine.speculation import (
     supports_speculation,
 )
 from language_pipes.models.end_model import EndModel
-from language_pipes.models.segment import SegmentBatch
+from language_pipes.models.segment import KVBudgetExceededError, SegmentBatch
+from language_pipes.network.types import PeerRequestFailed, RefusalKind
 from language_pipes.pipes.route import Route
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,26 @@ class RouteFailure(Exception):
     """A hop of the route failed or missed its deadline: the route's sequences move elsewhere."""
 
 
-def _refusal_for_client(failure: str) -> str:
+_REFUSAL_WORDS = {
+    RefusalKind.BUSY: "a layer node holds max_node_jobs sequences of this node",
+    RefusalKind.NO_MEMORY: "a layer node has no KV memory left for it",
+    RefusalKind.LEAVING: "a layer node is leaving the network",
+}
+
+
+def refusal_of(error: Exception) -> RefusalKind | None:
+    """The typed reason a hop refused to open a sequence (a peer's, or this node's own KV budget)."""
+    if isinstance(error, PeerRequestFailed):
+        return error.refusal
+    if isinstance(error, KVBudgetExceededError):
+        return RefusalKind.NO_MEMORY
+    return None
+
+
+def refusal_for_client(refusal: RefusalKind | None) -> str:
     """What a client is told when every route refused its sequence: our words, never the peer's text."""
-    if "max_node_jobs" in failure:
-        return "The pipe refused the request: a layer node holds max_node_jobs sequences of this node."
-    if "KV" in failure or "memory" in failure:
-        return "The pipe refused the request: a layer node has no KV memory left for it."
-    return "The pipe refused the request."
+    words = _REFUSAL_WORDS.get(refusal) if refusal is not None else None
+    return f"The pipe refused the request: {words}." if words else "The pipe refused the request."
 
 
 class Scheduler:
@@ -122,7 +136,7 @@ class Scheduler:
         waiting += drain(self._incoming)
         for sequence in waiting:
             if sequence is not None:
-                sequence.finish("error", "the node is shutting down", 503)
+                sequence.finish("error", "the node is shutting down", "unavailable")
 
     def submit(self, sequence: Sequence) -> None:
         self._incoming.put_nowait(sequence)
@@ -154,11 +168,11 @@ class Scheduler:
                 log.exception("could not admit sequence %s", sequence.sequence_id)
                 if sequence.route is not None:
                     sequence.route.release(sequence.sequence_id)
-                fail(sequence, f"the request could not be scheduled: {type(error).__name__}", 503)
+                fail(sequence, f"the request could not be scheduled: {type(error).__name__}", "unavailable")
 
     def _open(self, sequence: Sequence) -> bool:
         """Give a new sequence a route whose hops all accept it; a refusing or lost hop means another try."""
-        failures: list[str] = []
+        failures: list[Exception] = []
         for _ in range(MAX_REPLAYS + 1):
             route = self.choose_route()
             if route is None:
@@ -167,16 +181,17 @@ class Scheduler:
                 route.open(sequence.sequence_id, self.max_tokens(sequence))
             except Exception as error:  # noqa: BLE001 - a hop refused or is gone: try a route without it
                 log.warning("could not open sequence on %s: %s", route, error)
-                failures.append(str(error) or type(error).__name__)
+                failures.append(error)
                 route.release(sequence.sequence_id)
                 continue
             sequence.route = route
             return True
         if failures:
-            refusal = failures[-1]
-            fail(sequence, f"the pipe refused the request: {refusal}", 503, _refusal_for_client(refusal))
+            last = failures[-1]
+            message = f"the pipe refused the request: {str(last) or type(last).__name__}"
+            fail(sequence, message, "unavailable", refusal_for_client(refusal_of(last)))
         else:
-            fail(sequence, "no complete pipe serves this model right now", 503)
+            fail(sequence, "no complete pipe serves this model right now", "unavailable")
         return False
 
     def max_tokens(self, sequence: Sequence) -> int:
@@ -202,7 +217,7 @@ class Scheduler:
 
     def _release(self, sequence: Sequence) -> None:
         try:
-            self.end_model.local_layers.release(sequence.sequence_id)
+            self.end_model.release(sequence.sequence_id)
             if sequence.route is not None:
                 sequence.route.release(sequence.sequence_id)
         except Exception:  # noqa: BLE001 - freeing is best effort; the hops' idle sweep frees what is left
@@ -245,12 +260,18 @@ class Scheduler:
                 route = self.choose_route() if sequence.replays <= MAX_REPLAYS else None
                 if route is None:
                     fail(
-                        sequence, f"a node on the route failed and no other route is available: {error}", 503
+                        sequence,
+                        f"a node on the route failed and no other route is available: {error}",
+                        "unavailable",
                     )
                     continue
                 route.open(sequence.sequence_id, self.max_tokens(sequence))
             except Exception as open_error:  # noqa: BLE001 - the new route refused too: report both failures
-                fail(sequence, f"a node on the route failed ({error}); rerouting failed: {open_error}", 503)
+                fail(
+                    sequence,
+                    f"a node on the route failed ({error}); rerouting failed: {open_error}",
+                    "unavailable",
+                )
                 continue
             log.info(
                 "replaying sequence %s (%d tokens) on %s", sequence.sequence_id, len(sequence.tokens), route
@@ -303,6 +324,7 @@ class Scheduler:
             hidden = route.forward(hidden, batch)
         except Exception as error:  # noqa: BLE001 - any hop failure (lost, refused, late) fails the route
             raise RouteFailure(str(error)) from error
+        hidden = self.end_model.finish_hidden(hidden, batch)
         due_rows: list[int] = []
         due: list[tuple[Sequence, list[int]]] = []
         row = -1

@@ -20,14 +20,15 @@ from language_pipes.engine.detokenize import IncrementalDetokenizer, StopMatcher
 from language_pipes.engine.sampling import make_generator, pick_token
 from language_pipes.engine.speculation import DraftControl, draft_tokens
 from language_pipes.engine.types import (
+    FailureKind,
     Finished,
     FinishReason,
     GenerationEvent,
     GenerationRequest,
-    SequenceId,
     TextDelta,
 )
 from language_pipes.pipes.route import Route
+from language_pipes.vocabulary import SequenceId
 
 
 @dataclass
@@ -140,7 +141,7 @@ class Sequence:
         self,
         reason: FinishReason,
         error: str | None = None,
-        error_status: int = 500,
+        failure: FailureKind = "internal",
         public_error: str | None = None,
     ) -> None:
         if self.finished:
@@ -154,7 +155,7 @@ class Sequence:
                 prompt_tokens=len(self.request.prompt_token_ids),
                 completion_tokens=len(self.generated),
                 error=error,
-                error_status=error_status,
+                failure=failure,
                 public_error=public_error,
                 drafted_tokens=self.speculation.drafted if self.speculation else 0,
                 accepted_tokens=self.speculation.accepted if self.speculation else 0,

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, NewType, Protocol
+from typing import Literal, Protocol
 
 import torch
 
-SequenceId = NewType("SequenceId", str)
-ModelId = NewType("ModelId", str)
+from language_pipes.vocabulary import ModelId
 
 FinishReason = Literal["stop", "length", "error"]
+
+# Why a sequence ended with reason "error", in the engine's words; the API maps it to an HTTP status
+# (api/errors.py): "internal" is a fault here, "unavailable" means no working pipe or a refusal,
+# "timeout" a pipe that did not answer in time.
+FailureKind = Literal["internal", "unavailable", "timeout"]
 
 # Temperatures below this sample greedily: dividing logits by less only rounds to argmax anyway.
 GREEDY_TEMPERATURE = 1e-5
@@ -82,8 +86,8 @@ class Finished:
     prompt_tokens: int
     completion_tokens: int
     error: str | None = None
-    # Status an API should answer with when reason == "error" and nothing was streamed yet.
-    error_status: int = 500
+    # What kind of failure it was when reason == "error" (the API chooses the status from it).
+    failure: FailureKind = "internal"
     # A message this node wrote for the client (never a peer's text); `error` stays in the log.
     public_error: str | None = None
     # Speculative decoding (engine/speculation.py): tokens drafted, and drafts the model accepted.
@@ -107,9 +111,7 @@ class TextGenerator(Protocol):
     context_length: int
     tokenizer: object  # a transformers PreTrainedTokenizerBase
 
-    def encode_chat(
-        self, messages: list[dict[str, object]], tools: list[dict[str, object]] | None = None
-    ) -> list[int]:
+    def encode_chat(self, messages: list[dict[str, object]]) -> list[int]:
         """Render messages with the model's chat template (generation prompt added) and tokenize."""
         ...
 

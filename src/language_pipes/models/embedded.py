@@ -6,7 +6,7 @@ transformers and writes a safetensors folder with its tokenizer, chat template
 and generation config; :class:`~language_pipes.models.store.ModelStore` runs it
 once under a file lock and caches the result in the model store.
 
-``python -m language_pipes.models.embedded`` prepares it ahead of time (setup
+``python -m language_pipes.models.default_model`` prepares it ahead of time (setup
 scripts and CI use this to cache the model once).
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -141,29 +140,3 @@ def _check_written_folder(folder: Path) -> None:
     generation = json.loads((folder / "generation_config.json").read_text())
     if generation.get("eos_token_id") is None:
         raise ValueError("conversion wrote a generation_config.json without eos_token_id")
-
-
-def prepare_default_model(root: Path | None = None) -> Path:
-    """Make sure the default model is in the store (converting it once) and return its folder."""
-    # Imported here because the store imports this module for the conversion.
-    from language_pipes.models.store import ModelStore
-
-    return ModelStore(root).ensure(DEFAULT_MODEL_ID)
-
-
-def main() -> int:
-    """``python -m language_pipes.models.embedded``: prepare the default model, print its folder."""
-    from language_pipes.models.store import ModelStoreError
-
-    try:
-        path = prepare_default_model()
-    except ModelStoreError as error:
-        # Expected failure (missing wheel): one readable line and a non-zero exit, no traceback.
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,7 +1,11 @@
 """The end model: the only part of a model that sees text or token ids.
 
 It holds the tokenizer and chat template, the embedding, the first
-``num_local_layers`` decoder layers, the final norm and the output head.
+``num_local_layers`` decoder layers, the final norm and the output head, and
+optionally the last ``num_local_last_layers`` decoder layers: then the hidden
+states nearest the output (one norm and the public head away from the
+generated tokens) never leave this node, and layer nodes run only the layers
+in between (``shared_layers``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBas
 from language_pipes.models.invariance import make_batch_invariant
 from language_pipes.models.partial import ModelSource
 from language_pipes.models.quantization import WeightFormat
-from language_pipes.models.segment import LayerSegment
+from language_pipes.models.segment import LayerSegment, SegmentBatch
+from language_pipes.vocabulary import SequenceId
 
 
 class EndModel:
@@ -26,6 +31,7 @@ class EndModel:
         folder: Path,
         *,
         num_local_layers: int = 1,
+        num_local_last_layers: int = 0,
         dtype: torch.dtype = torch.bfloat16,
         device: torch.device | str = "cpu",
         source: ModelSource | None = None,
@@ -47,16 +53,41 @@ class EndModel:
         quantized_source = source.with_weights(weights)
         self.head = quantized_source.load_head(dtype, self.device)
         local = min(num_local_layers, self.num_layers)
+        if num_local_last_layers < 0 or local + num_local_last_layers > self.num_layers:
+            raise ValueError(
+                f"num_local_layers ({local}) + num_local_last_layers ({num_local_last_layers}) "
+                f"exceed the {self.num_layers} layers of {model_id}"
+            )
         self.local_layers = LayerSegment(quantized_source, 0, local, dtype, self.device, batch_invariant)
+        # Layers the network runs between the local first and last layers: [start, stop).
+        self.shared_layers = range(local, self.num_layers - num_local_last_layers)
+        self.last_layers: LayerSegment | None = None
+        if num_local_last_layers:
+            self.last_layers = LayerSegment(
+                quantized_source,
+                self.shared_layers.stop,
+                self.num_layers,
+                dtype,
+                self.device,
+                batch_invariant,
+            )
         self.batch_invariant = batch_invariant
         if batch_invariant:
             make_batch_invariant(self.head)
         self.eos_token_ids = _eos_token_ids(folder, self.tokenizer)
         self.context_length = int(getattr(self.config, "max_position_embeddings", 0) or 4096)
 
-    @property
-    def vocab_size(self) -> int:
-        return int(self.head.out_features)
+    def finish_hidden(self, hidden: torch.Tensor, batch: SegmentBatch) -> torch.Tensor:
+        """Run the local last layers (if any) on the route's output: the final hidden states."""
+        if self.last_layers is None:
+            return hidden
+        return self.last_layers.forward(hidden, batch)
+
+    def release(self, sequence_id: SequenceId) -> None:
+        """Free the sequence's caches in the local first and last layers."""
+        self.local_layers.release(sequence_id)
+        if self.last_layers is not None:
+            self.last_layers.release(sequence_id)
 
     def embed(self, token_ids: list[int]) -> torch.Tensor:
         """``[1, len(token_ids), hidden]`` hidden states for a packed step."""
@@ -71,12 +102,8 @@ class EndModel:
             logits = self.head(self.norm(hidden)).float()
             return self.source.family.finish_logits(self.config, logits)
 
-    def encode_chat(
-        self, messages: list[dict[str, object]], tools: list[dict[str, object]] | None = None
-    ) -> list[int]:
-        rendered = self.tokenizer.apply_chat_template(
-            messages, tools=tools, add_generation_prompt=True, tokenize=False
-        )
+    def encode_chat(self, messages: list[dict[str, object]]) -> list[int]:
+        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return list(self.tokenizer.encode(rendered, add_special_tokens=False))
 
 

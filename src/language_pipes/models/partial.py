@@ -18,12 +18,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from language_pipes.models.architectures import Family, family_for, text_model_renames
 from language_pipes.models.attention import ATTENTION_NAME
-from language_pipes.models.quantization import FLOAT_DTYPES, QuantizedLinear, WeightFormat, quantize_linears
+from language_pipes.models.quantization import QuantizedLinear, WeightFormat, quantize_linears
 from language_pipes.models.weights import WeightReader
 
 log = logging.getLogger(__name__)
 
-DTYPES: dict[str, torch.dtype] = dict(FLOAT_DTYPES)
 LAYER_PREFIX = "model.layers."
 
 

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.attention import PackedLayout
 from language_pipes.models.fusion import fuse_projections
 from language_pipes.models.invariance import make_batch_invariant
 from language_pipes.models.kv_cache import SequenceCache
 from language_pipes.models.partial import ModelSource
+from language_pipes.vocabulary import SequenceId
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,9 @@ class LayerSegment:
         # Bytes the KV caches may take, all reservations together (None: no limit, no open needed).
         self.kv_budget_bytes: int | None = None
         self.kv_bytes_per_token = source.kv_bytes_per_token(dtype) * (end - start)
+        # The weights' format as records announce it: int8 / int4, else the float dtype's name.
+        float_name = str(dtype).removeprefix("torch.")
+        self.data_type = source.weights.name if source.weights is not None else float_name
         self.context_length = int(getattr(source.config, "max_position_embeddings", 0) or 4096)
 
     @property

@@ -39,7 +39,7 @@ from language_pipes.models.embedded import DEFAULT_MODEL_ID, EmbeddedWheelMissin
 from language_pipes.paths import model_dir
 
 if TYPE_CHECKING:
-    from language_pipes.engine.types import ModelId
+    from language_pipes.vocabulary import ModelId
 
 logger = logging.getLogger(__name__)
 

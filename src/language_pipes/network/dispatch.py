@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING
 from language_pipes.network.connections import KIND_GOSSIP, KIND_LEAVE, KIND_PING, Header
 from language_pipes.network.crypto import FrameRejected
 from language_pipes.network.session import Session
-from language_pipes.network.types import RESERVED_KIND_PREFIX, NodeId, PeerRequestFailed
+from language_pipes.network.types import (
+    RESERVED_KIND_PREFIX,
+    NodeId,
+    PeerRequestFailed,
+    RequestRefused,
+    refusal_kind,
+)
 from language_pipes.network.wire import Envelope
 
 if TYPE_CHECKING:
@@ -79,8 +85,12 @@ class DispatchMixin:
         if pending is None or pending[0] != sender or pending[1].done():
             return  # heartbeat replies, and late replies to requests that timed out
         if role == "error":
-            message = header.get("error", "unknown error") if isinstance(header, dict) else "unknown error"
-            pending[1].set_exception(PeerRequestFailed(f"node {sender!r} failed the request: {message}"))
+            fields = header if isinstance(header, dict) else {}
+            message = fields.get("error", "unknown error")
+            failure = PeerRequestFailed(
+                f"node {sender!r} failed the request: {message}", refusal_kind(fields.get("refusal"))
+            )
+            pending[1].set_exception(failure)
         else:
             pending[1].set_result((header, payload))
 
@@ -97,10 +107,14 @@ class DispatchMixin:
             raise
         except Exception as error:
             # The requester is waiting: tell it what went wrong instead of letting it time out.
-            self._log.exception("handler for %r failed on a request from node %r", kind, session.peer_id)
-            await session.send(
-                kind, "error", correlation_id, {"error": f"{type(error).__name__}: {error}"}, b""
-            )
+            error_header: dict[str, object] = {"error": f"{type(error).__name__}: {error}"}
+            if isinstance(error, RequestRefused):
+                # A deliberate refusal: its typed kind travels, so the requester never parses our words.
+                self._log.info("refused a %r request from node %r: %s", kind, session.peer_id, error)
+                error_header["refusal"] = error.kind.value
+            else:
+                self._log.exception("handler for %r failed on a request from node %r", kind, session.peer_id)
+            await session.send(kind, "error", correlation_id, error_header, b"")
             return
         reply_header, reply_payload = reply if reply is not None else ({}, b"")
         await session.send(kind, "response", correlation_id, reply_header, reply_payload)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, NewType
 
 from language_pipes.network.limits import (
@@ -42,8 +43,48 @@ class PeerRequestTimeout(NetworkError, TimeoutError):
     """A request got no reply within its timeout."""
 
 
+class RefusalKind(StrEnum):
+    """Why a node refused a request: a closed set, sent in the error reply's header as ``refusal``.
+
+    The requester maps a kind to its own words; the peer's free text is only
+    ever logged, never shown to a client.
+    """
+
+    BUSY = "busy"  # the requester already holds as many sequences there as the node allows
+    NO_MEMORY = "no_memory"  # the node cannot reserve the memory the request needs
+    LEAVING = "leaving"  # the node is leaving the network
+    NOT_HOSTED = "not_hosted"  # the node does not host what the request names
+    NOT_OWNER = "not_owner"  # what the request names belongs to another node
+    INVALID = "invalid"  # the request itself is malformed or out of bounds
+
+
+class RequestRefused(NetworkError):
+    """Raised by a request handler to refuse with a typed reason; the requester gets PeerRequestFailed."""
+
+    def __init__(self, kind: RefusalKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 class PeerRequestFailed(NetworkError):
-    """The peer answered a request with an error (no handler, or its handler raised)."""
+    """The peer answered a request with an error (no handler, or its handler raised).
+
+    ``refusal`` is the typed reason when the peer refused on purpose, None for
+    any other failure (or a kind this node does not know).
+    """
+
+    def __init__(self, message: str, refusal: RefusalKind | None = None) -> None:
+        super().__init__(message)
+        self.refusal = refusal
+
+
+def refusal_kind(value: object) -> RefusalKind | None:
+    """The RefusalKind a peer sent, or None for anything else (absent, unknown, not a string)."""
+    try:
+        return RefusalKind(value) if isinstance(value, str) else None
+    except ValueError:
+        # A kind from a newer node, or garbage: treat it as an untyped failure.
+        return None
 
 
 class NotWhitelistedError(PeerUnavailableError):
@@ -52,12 +93,20 @@ class NotWhitelistedError(PeerUnavailableError):
 
 @dataclass(frozen=True)
 class HostedSegment:
-    """Layers ``start_layer <= i < end_layer`` of ``model_id`` hosted by a node."""
+    """Layers ``start_layer <= i < end_layer`` of ``model_id`` hosted by a node.
+
+    ``data_type`` names the weights' format (``bfloat16``, ``int8``, ...; None
+    from a node that does not say). A ``private`` segment is an end model's own
+    last layers: it counts as covered for placement, but it serves no other
+    node's route.
+    """
 
     model_id: str
     start_layer: int
     end_layer: int
     loaded: bool
+    data_type: str | None = None
+    private: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -65,6 +114,8 @@ class HostedSegment:
             "start_layer": self.start_layer,
             "end_layer": self.end_layer,
             "loaded": self.loaded,
+            "data_type": self.data_type,
+            "private": self.private,
         }
 
     @staticmethod
@@ -83,7 +134,12 @@ class HostedSegment:
             raise ValueError(f"segment needs integers 0 <= start_layer < end_layer <= {MAX_LAYER_INDEX}")
         if not isinstance(loaded, bool):
             raise ValueError("segment loaded must be a boolean")
-        return HostedSegment(model_id, start, end, loaded)
+        data_type, private = data.get("data_type"), data.get("private", False)
+        if data_type is not None and not (isinstance(data_type, str) and _DATA_TYPE.fullmatch(data_type)):
+            raise ValueError("segment data_type must be a short lower-case name or null")
+        if not isinstance(private, bool):
+            raise ValueError("segment private must be a boolean")
+        return HostedSegment(model_id, start, end, loaded, data_type, private)
 
 
 @dataclass(frozen=True)
@@ -165,6 +221,7 @@ class NodeRecord:
         )
 
 
+_DATA_TYPE = re.compile(r"[a-z0-9]{1,16}")
 _HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 

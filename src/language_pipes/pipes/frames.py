@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.segment import SegmentBatch
 from language_pipes.network.limits import MAX_HIDDEN_SIZE, MAX_STEP_TOKENS
+from language_pipes.vocabulary import SequenceId
 
 KIND_OPEN = "pipe.open"
 KIND_STEP = "pipe.step"

@@ -1,30 +1,31 @@
 """A hop on another node, as the origin's scheduler thread sees it.
 
 :class:`RemoteSegment` looks like a local :class:`LayerSegment` (``open``,
-``forward``, ``release``) but each call is a message over the peer network.
-Steps go over the scheduler thread's own step lane to the node when it offers
-one (no event-loop handoffs, see network/lanes.py), otherwise over the peer
-network, blocking on its event loop. A lost peer surfaces as an exception
+``forward``, ``release``) but each call is a message to the node, through a
+:class:`~language_pipes.network.transport.PeerLink`, which alone decides
+whether a step goes over the scheduler thread's step lane or the peer
+network. A lost peer surfaces as an exception
 within the network's failure timeout either way, and a peer that stays
 connected but does not answer within its step's deadline fails the step
 too: the scheduler counts that hop as lost and moves the route's sequences.
 The deadline is ``step_timeout_s`` plus ``step_timeout_per_token_s`` for each
 token of the step (config keys): a decode step must answer within about 5 s,
 while a 512-token prefill step, which takes some 15 s on a busy two-core CPU,
-gets the time it legitimately needs.
+gets the time it legitimately needs. Every answered step's round trip is
+recorded per peer (``lp_hop_step_seconds`` of ``/metrics``, the TUI's Pipes page).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+import time
 
 import torch
 
-from language_pipes.engine.types import SequenceId
+from language_pipes import metrics
 from language_pipes.models.segment import SegmentBatch
 from language_pipes.network.peer_network import PeerNetwork
+from language_pipes.network.transport import PeerLink
 from language_pipes.network.types import NodeId
 from language_pipes.pipes.frames import (
     KIND_OPEN,
@@ -36,8 +37,7 @@ from language_pipes.pipes.frames import (
     tensor_bytes,
     tensor_from_bytes,
 )
-
-T = TypeVar("T")
+from language_pipes.vocabulary import SequenceId
 
 # Default deadline of one step on one hop: a base plus an allowance per token of the step
 # (NodeConfig.step_timeout_s and step_timeout_per_token_s set them per node).
@@ -62,8 +62,7 @@ class RemoteSegment:
         step_timeout_s: float = STEP_TIMEOUT_S,
         step_timeout_per_token_s: float = STEP_TIMEOUT_PER_TOKEN_S,
     ) -> None:
-        self.network = network
-        self.loop = loop
+        self.link = PeerLink(network, loop, node_id)
         self.node_id = node_id
         self.model_id = model_id
         self.start, self.end = start, end
@@ -77,34 +76,24 @@ class RemoteSegment:
         """Seconds this hop may take for ``batch`` before it counts as lost."""
         return self.step_timeout_s + self.step_timeout_per_token_s * batch.total_tokens
 
-    def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout + 1.0)
-
     def open(self, sequence_id: SequenceId, max_tokens: int | None = None) -> None:
         header: dict[str, object] = {"model_id": self.model_id, "start": self.start, "end": self.end}
         if max_tokens is not None:
             header["max_tokens"] = max_tokens
         payload = encode_sequence_ids([sequence_id])
-        self._call(
-            self.network.request(self.node_id, KIND_OPEN, header, payload, OPEN_TIMEOUT_S), OPEN_TIMEOUT_S
-        )
+        self.link.request(KIND_OPEN, header, payload, OPEN_TIMEOUT_S)
 
     def forward(self, hidden: torch.Tensor, batch: SegmentBatch) -> torch.Tensor:
         header = encode_step(
             StepHeader(self.model_id, self.start, self.end, self.dtype, hidden.shape[-1], batch)
         )
         data = tensor_bytes(hidden.to(self.dtype))
-        timeout = self.step_deadline_s(batch)
-        payload = self.network.lane_request(self.node_id, KIND_STEP, header, data, timeout)
-        if payload is None:
-            request = self.network.request(self.node_id, KIND_STEP, header, data, timeout)
-            _, payload = self._call(request, timeout)
+        started = time.perf_counter()
+        payload = self.link.exchange(KIND_STEP, header, data, self.step_deadline_s(batch))
+        metrics.record_hop_step(self.node_id, time.perf_counter() - started)
         return tensor_from_bytes(payload, self.dtype, hidden.shape[-1])
 
     def release(self, sequence_id: SequenceId) -> None:
-        if not self.network.is_live(self.node_id):
-            return
-        message = self.network.send(self.node_id, KIND_RELEASE, b"", encode_sequence_ids([sequence_id]))
-        asyncio.run_coroutine_threadsafe(
-            message, self.loop
-        )  # fire and forget: the worker also sweeps idle caches
+        if self.link.is_live():
+            # Fire and forget: the worker also sweeps idle caches.
+            self.link.post(KIND_RELEASE, b"", encode_sequence_ids([sequence_id]))

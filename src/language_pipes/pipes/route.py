@@ -11,8 +11,8 @@ from typing import Protocol
 
 import torch
 
-from language_pipes.engine.types import SequenceId
 from language_pipes.models.segment import SegmentBatch
+from language_pipes.vocabulary import SequenceId
 
 
 class SegmentRunner(Protocol):

@@ -13,6 +13,9 @@ open the same id, step it nor release it. ``pipe.open`` may name the
 sequence's maximum length (``max_tokens``, default the model's context); the
 segment reserves KV memory for it or refuses. Steps are bounded (pipes/
 frames.py) and must match the segment's hidden size and their payload.
+Every refusal of ``pipe.open`` is a :class:`RequestRefused` whose
+:class:`RefusalKind` travels in the error reply, so the origin tells its
+client why in its own words.
 """
 
 from __future__ import annotations
@@ -25,10 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from language_pipes.engine.types import SequenceId
-from language_pipes.models.segment import LayerSegment
+from language_pipes.models.segment import KVBudgetExceededError, LayerSegment, StepOutOfBoundsError
 from language_pipes.network.peer_network import Header, PeerNetwork, Reply
-from language_pipes.network.types import NodeId
+from language_pipes.network.types import NodeId, RefusalKind, RequestRefused
 from language_pipes.pipes.frames import (
     KIND_OPEN,
     KIND_RELEASE,
@@ -40,18 +42,22 @@ from language_pipes.pipes.frames import (
     tensor_bytes,
     tensor_from_bytes,
 )
+from language_pipes.vocabulary import SequenceId
 
 log = logging.getLogger(__name__)
 
 IDLE_SEQUENCE_TIMEOUT_S = 600.0
 
 
-class NodeBusyError(RuntimeError):
-    """The origin already holds ``max_node_jobs`` sequences on this node."""
+class NodeBusyError(RequestRefused):
+    """The origin already holds ``max_node_jobs`` sequences on this node, or the node is leaving."""
 
 
-class SequenceOwnedError(PermissionError):
+class SequenceOwnedError(RequestRefused):
     """The sequence id belongs to another origin."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(RefusalKind.NOT_OWNER, message)
 
 
 class LayerWorker:
@@ -96,9 +102,12 @@ class LayerWorker:
 
     async def _on_open(self, sender: NodeId, header: Header, payload: bytes) -> Reply:
         request = _open_request(header)
-        segment = self._segment_for(request.model_id, request.start, request.end)
+        try:
+            segment = self._segment_for(request.model_id, request.start, request.end)
+        except LookupError as error:
+            raise RequestRefused(RefusalKind.NOT_HOSTED, str(error)) from error
         if self.draining:
-            raise NodeBusyError(f"node {self.network.node_id} is leaving the network")
+            raise NodeBusyError(RefusalKind.LEAVING, f"node {self.network.node_id} is leaving the network")
         owned = self._owners.setdefault(sender, set())
         requested = list(dict.fromkeys(decode_sequence_ids(payload)))
         if any(self._owner_of.get(sid, sender) != sender for sid in requested):
@@ -106,18 +115,23 @@ class LayerWorker:
         new = [sid for sid in requested if sid not in owned]
         if len(owned) + len(new) > self.max_node_jobs:
             raise NodeBusyError(
+                RefusalKind.BUSY,
                 f"node {self.network.node_id} already holds {len(owned)} sequences for {sender} "
-                f"(max_node_jobs = {self.max_node_jobs})"
+                f"(max_node_jobs = {self.max_node_jobs})",
             )
         opened: list[SequenceId] = []
         try:
             for sequence_id in requested:
                 segment.open(sequence_id, request.max_tokens)
                 opened.append(sequence_id)
-        except Exception:  # noqa: BLE001 - all or nothing: undo this request's new reservations, then refuse
+        except Exception as error:  # noqa: BLE001 - all or nothing: undo this request's new reservations, then refuse
             for sequence_id in opened:
                 if sequence_id in new:
                     segment.release(sequence_id)
+            if isinstance(error, KVBudgetExceededError):
+                raise RequestRefused(RefusalKind.NO_MEMORY, str(error)) from error
+            if isinstance(error, StepOutOfBoundsError):
+                raise RequestRefused(RefusalKind.INVALID, str(error)) from error
             raise
         owned.update(new)
         self._owner_of.update((sid, sender) for sid in new)
@@ -193,8 +207,9 @@ class OpenRequest(BaseModel):
 
 def _open_request(header: Header) -> OpenRequest:
     if not isinstance(header, dict):
-        raise ValueError("pipe.open needs a header object")
+        raise RequestRefused(RefusalKind.INVALID, "pipe.open needs a header object")
     try:
         return OpenRequest.model_validate(header)
     except ValidationError as error:
-        raise ValueError(f"bad pipe.open header: {error.error_count()} invalid fields") from None
+        message = f"bad pipe.open header: {error.error_count()} invalid fields"
+        raise RequestRefused(RefusalKind.INVALID, message) from None

@@ -11,11 +11,11 @@ served on the node's own :class:`ModelCatalog` by the same ``create_app`` and
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from language_pipes.config import LayerModelConfig, NodeConfig
 from language_pipes.logs import apply_level, open_run_log
+from language_pipes.node_status import ActiveJob, NodeStatus, active_jobs, node_status
 from language_pipes.process_settings import prepare_native_threads
 
 if TYPE_CHECKING:
@@ -31,24 +31,6 @@ ServerState = Literal["stopped", "starting", "running", "stopping", "failed"]
 
 class LayerChangeError(RuntimeError):
     """A layer model could not be loaded or unloaded now; the message says why in one line."""
-
-
-@dataclass(frozen=True)
-class ActiveJob:
-    """One request in flight on this node (this node is its origin)."""
-
-    sequence_id: str
-    model_id: str
-    prompt_tokens: int
-    prefilled_tokens: int
-    generated_tokens: int
-
-    @property
-    def prefill_fraction(self) -> float:
-        """Share of the prompt already fed through the pipe (1.0 once decoding)."""
-        if self.prompt_tokens == 0:
-            return 1.0
-        return min(1.0, self.prefilled_tokens / self.prompt_tokens)
 
 
 class NodeControl:
@@ -163,12 +145,9 @@ class NodeControl:
 
     def hosted_layers(self, model_id: str) -> list[tuple[int, int]]:
         """The layer ranges ``[start, end)`` of ``model_id`` this node hosts now."""
-        if self.node is None:
-            return []
-        from language_pipes.engine.types import ModelId
-
-        hosted = self.node.models.get(ModelId(model_id))
-        return [] if hosted is None else sorted((s.start, s.end) for s in hosted.segments)
+        status = self.status()
+        model = None if status is None else status.model(model_id)
+        return [] if model is None else list(model.segments)
 
     def weight_fetches(self) -> list[str]:
         """One line per model this node fetched (or is fetching) from peers: bytes, rate and sources."""
@@ -236,29 +215,13 @@ class NodeControl:
 
     # -- observation ------------------------------------------------------------------------
 
+    def status(self) -> NodeStatus | None:
+        """A snapshot of the running node (None while the network server is not running)."""
+        return None if self.node is None else node_status(self.node)
+
     def active_jobs(self) -> list[ActiveJob]:
         """Requests in flight on this node's schedulers, oldest first."""
-        if self.node is None:
-            return []
-        jobs: list[ActiveJob] = []
-        for hosted in list(self.node.models.values()):
-            if hosted.scheduler is None:
-                continue
-            # The scheduler has no public snapshot of its sequences yet; copy the list it swaps whole.
-            for sequence in hosted.scheduler.active_sequences():
-                if sequence.finished:
-                    continue
-                prompt = len(sequence.request.prompt_token_ids)
-                jobs.append(
-                    ActiveJob(
-                        sequence_id=str(sequence.sequence_id),
-                        model_id=str(hosted.model_id),
-                        prompt_tokens=prompt,
-                        prefilled_tokens=min(sequence.fed, prompt),
-                        generated_tokens=len(sequence.generated),
-                    )
-                )
-        return jobs
+        return [] if self.node is None else active_jobs(self.node)
 
     def _log_to_file(self, config: NodeConfig) -> None:
         """One log file per network-server start, like ``run``; the UI keeps its own copy in view."""

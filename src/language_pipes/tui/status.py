@@ -14,7 +14,8 @@ from typing import Any
 
 import psutil
 
-from language_pipes.network.types import NodeRecord
+from language_pipes.metrics import HopLatency
+from language_pipes.network.types import HostedSegment, NodeRecord
 
 GIGABYTE = 1_000_000_000
 
@@ -42,6 +43,16 @@ def missing_before_serving(
         missing.append("start the job server (Home or Jobs > Server)")
     missing += [f"no complete pipe for model {model_id}" for model_id in incomplete_models]
     return missing
+
+
+def describe_segment(segment: HostedSegment) -> str:
+    """``org/model 1-15 int8``: the layers a record announces, their data type and state."""
+    text = f"{segment.model_id} {segment.start_layer}-{segment.end_layer - 1}"
+    if segment.data_type is not None:
+        text += f" {segment.data_type}"
+    if segment.private:
+        text += " (end model's own)"
+    return text if segment.loaded else f"{text} (loading)"
 
 
 @dataclass(frozen=True)
@@ -127,6 +138,21 @@ def draw_pipe(view: PipeView, width: int = 60) -> str:
             cells[layer] = mark
     scale = max(1, -(-total // width))
     return "".join(cells[::scale])
+
+
+# A hop not stepped for this long shows its last figures as idle (they may be out of date).
+HOP_IDLE_AFTER_S = 30.0
+
+
+def hop_latency_text(latency: HopLatency | None, now: float | None = None) -> str:
+    """How long a step to one peer takes, e.g. ``step 21.4 ms (last 20.1 ms)``; empty if never stepped."""
+    if latency is None:
+        return ""
+    now = time.monotonic() if now is None else now
+    text = f"step {latency.average_s * 1000:.1f} ms (last {latency.last_s * 1000:.1f} ms)"
+    if now - latency.updated_at > HOP_IDLE_AFTER_S:
+        text += ", idle"
+    return text
 
 
 @dataclass

@@ -37,10 +37,12 @@ def tensors_for_modules(reader: WeightReader, module_paths: Iterable[str]) -> se
     return names
 
 
-def end_model_modules(num_layers: int, num_local_layers: int) -> list[str]:
-    """Modules an end model loads: embedding, final norm, head (tied or not) and its local layers."""
+def end_model_modules(num_layers: int, num_local_layers: int, num_local_last_layers: int = 0) -> list[str]:
+    """Modules an end model loads: embedding, final norm, head (tied or not), its first and last layers."""
     local = min(num_local_layers, num_layers)
-    return ["model.embed_tokens", "model.norm", "lm_head", *(f"model.layers.{i}" for i in range(local))]
+    last = range(max(local, num_layers - num_local_last_layers), num_layers)
+    layers = [*range(local), *last]
+    return ["model.embed_tokens", "model.norm", "lm_head", *(f"model.layers.{i}" for i in layers)]
 
 
 def layer_modules(start: int, end: int) -> list[str]:

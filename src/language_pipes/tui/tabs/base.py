@@ -1,25 +1,50 @@
-"""What every dashboard tab shares: a way to reach the dashboard, and form helpers."""
+"""What every dashboard tab shares: what a tab may ask of its dashboard, and form helpers.
+
+A tab sees its dashboard through :class:`DashboardActions`, so the tabs do not
+import :mod:`language_pipes.tui.dashboard`, which imports every tab.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
 
 from textual.containers import VerticalScroll
 from textual.widgets import Input
 
-if TYPE_CHECKING:
-    from language_pipes.tui.dashboard import Dashboard
+from language_pipes.tui.config_document import ConfigDocument
+from language_pipes.tui.node_control import NodeControl
+
+
+@runtime_checkable
+class DashboardActions(Protocol):
+    """The dashboard as its tabs use it: the config file, the node, and the user-visible actions."""
+
+    document: ConfigDocument
+    control: NodeControl
+
+    def edit(self, changes: Mapping[str, Any]) -> bool: ...
+
+    def notify_user(self, message: str, error: bool = False) -> None: ...
+
+    def refresh_live(self) -> None: ...
+
+    def start_network(self, then_job_server: bool = False) -> None: ...
+
+    def stop_network(self) -> None: ...
+
+    def start_job_server(self) -> None: ...
+
+    def stop_job_server(self) -> None: ...
 
 
 class DashboardTab(VerticalScroll):
     """A tab's content; ``refresh_view`` redraws it from the config and the running node."""
 
     @property
-    def dashboard(self) -> Dashboard:
-        from language_pipes.tui.dashboard import Dashboard
-
+    def dashboard(self) -> DashboardActions:
         screen = self.screen
-        assert isinstance(screen, Dashboard)
+        assert isinstance(screen, DashboardActions)
         return screen
 
     def refresh_view(self) -> None:

@@ -52,17 +52,15 @@ class HomeTab(DashboardTab):
             f"Job server: {control.job_state}"
             + (f" (http://127.0.0.1:{control.api_server.port}/v1)" if control.api_server else ""),
         ]
-        node = control.node
+        status = control.status()
         incomplete: list[str] = []
-        if node is not None:
-            servable = set(node.servable_models())
-            for model_id, hosted in node.models.items():
-                layers = ", ".join(f"{s.start}-{s.end - 1}" for s in hosted.segments) or "none"
-                end = "end model" if hosted.end_model is not None else "layers only"
-                state = "serving" if model_id in servable else "not servable yet"
-                lines.append(f"  {model_id}: {end}, layers {layers}; {state}")
-                if hosted.end_model is not None and model_id not in servable:
-                    incomplete.append(model_id)
+        for model in status.models if status is not None else ():
+            layers = ", ".join(f"{start}-{end - 1}" for start, end in model.segments) or "none"
+            end_model = "end model" if model.has_end_model else "layers only"
+            state = "serving" if model.servable else "not servable yet"
+            lines.append(f"  {model.model_id}: {end_model}, layers {layers}; {state}")
+            if model.has_end_model and not model.servable:
+                incomplete.append(model.model_id)
         if control.last_error:
             lines.append(f"Last error: {control.last_error}")
         if control.log_file is not None:

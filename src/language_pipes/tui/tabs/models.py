@@ -1,4 +1,9 @@
-"""Models: installed model folders, and the layer and end models this node hosts."""
+"""Models: installed model folders, and the layer and end models this node hosts.
+
+The Layer Models page offers every data type (int8 / int4 quantize the
+layers' weights) and, for an installed model and a memory budget, shows how
+many layers fit in bfloat16, int8 and int4 (tui/layer_estimate.py).
+"""
 
 from __future__ import annotations
 
@@ -25,10 +30,11 @@ from textual.widgets import (
 
 from language_pipes.config import LayerModelConfig, describe_one_error
 from language_pipes.models.store import ModelStore, ModelStoreError
+from language_pipes.tui.layer_estimate import describe_estimates, estimate_layers
 from language_pipes.tui.node_control import LayerChangeError, describe_layers
 from language_pipes.tui.tabs.base import DashboardTab, typed_text
 
-DATA_TYPES = ("bfloat16", "float16", "float32")
+DATA_TYPES = ("bfloat16", "int8", "int4", "float16", "float32")
 HOSTED_COLUMN = 4
 MEGABYTE = 1_000_000
 
@@ -70,6 +76,7 @@ class ModelsTab(DashboardTab):
                         allow_blank=False,
                         id="layer-dtype",
                     )
+                yield Static("", id="layer-estimate")
                 with Horizontal(classes="buttons"):
                     yield Button("Add", id="layer-add", variant="primary")
                     yield Button("Replace selected", id="layer-update")
@@ -99,6 +106,7 @@ class ModelsTab(DashboardTab):
         self.query_one("#install-progress", ProgressBar).display = False
         self.query_one("#weight-fetches", Static).display = False
         self.refresh_installed()
+        self.update_estimate()
 
     # -- installed ----------------------------------------------------------------------------
 
@@ -251,6 +259,38 @@ class ModelsTab(DashboardTab):
 
         self.run_worker(run(), group="layers")
         self.refresh_live()
+
+    @on(Input.Changed, "#layer-model-id, #layer-memory")
+    def layer_inputs_changed(self) -> None:
+        self.update_estimate()
+
+    def update_estimate(self) -> None:
+        """Show how many layers of the typed model fit the typed memory, per data type."""
+        shown = self.query_one("#layer-estimate", Static)
+        model_id = self.query_one("#layer-model-id", Input).value.strip()
+        memory = typed_text(self.query_one("#layer-memory", Input).value, float)
+        if not model_id or not isinstance(memory, float) or memory <= 0:
+            shown.update("Type an installed model id and a memory budget to see how many layers fit.")
+            return
+        store = ModelStore()
+        try:
+            installed = store.is_installed(model_id)
+        except ModelStoreError:
+            # Not a valid model id (yet): nothing to estimate.
+            installed = False
+        if not installed:
+            shown.update(f"Install {model_id} to see how many of its layers fit.")
+            return
+        shown.update("Estimating…")
+        self._estimate(store, model_id, memory)
+
+    @work(thread=True, exclusive=True, group="estimate")
+    def _estimate(self, store: ModelStore, model_id: str, memory: float) -> None:
+        try:
+            text = describe_estimates(memory, estimate_layers(store.local_path(model_id), memory))
+        except Exception as error:  # noqa: BLE001 - an unreadable or unsupported model: say so on the page
+            text = f"No estimate for {model_id}: {error}"
+        self.app.call_from_thread(self.query_one("#layer-estimate", Static).update, text)
 
     def _layer_entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {

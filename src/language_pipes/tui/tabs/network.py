@@ -11,6 +11,7 @@ from textual.widgets import Button, DataTable, Input, Label, OptionList, Static
 
 from language_pipes.config_report import shorten_network_key
 from language_pipes.tui.menu import ConfirmScreen
+from language_pipes.tui.status import describe_segment
 from language_pipes.tui.tabs.base import DashboardTab, set_input, typed_text
 
 # Input id -> (config key, value type).
@@ -85,20 +86,18 @@ class NetworkTab(DashboardTab):
         control = self.dashboard.control
         table = self.query_one("#peers", DataTable)
         table.clear()
-        if control.node is None:
+        status = control.status()
+        if status is None:
             self.query_one("#network-status", Static).update(f"Network server: {control.network_state}")
             return
-        records = control.node.network.records()
+        records = status.records
         self.query_one("#network-status", Static).update(
-            f"Network server: running as {control.node.node_id} on port {control.node.network.peer_port}; "
+            f"Network server: running as {status.node_id} on port {status.peer_port}; "
             f"{len(records) - 1} peer(s)"
         )
         for node_id, record in sorted(records.items()):
-            hosts = ", ".join(
-                f"{s.model_id} {s.start_layer}-{s.end_layer - 1}{'' if s.loaded else ' (loading)'}"
-                for s in record.segments
-            )
-            me = " (this node)" if node_id == control.node.node_id else ""
+            hosts = ", ".join(describe_segment(segment) for segment in record.segments)
+            me = " (this node)" if node_id == status.node_id else ""
             table.add_row(
                 f"{node_id}{me}",
                 f"{record.address}:{record.port}",

@@ -1,4 +1,8 @@
-"""Pipes: every model's segments in layer order, the node hosting each, complete or not."""
+"""Pipes: every model's segments in layer order, the node hosting each, complete or not.
+
+A segment on a node this node's pipes step through shows that hop's step time
+(network round trip plus the peer's compute, from language_pipes.metrics).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ from rich.table import Table
 from textual.app import ComposeResult
 from textual.widgets import Static
 
-from language_pipes.tui.status import draw_pipe, pipe_views
+from language_pipes.metrics import hop_latencies
+from language_pipes.tui.status import draw_pipe, hop_latency_text, pipe_views
 from language_pipes.tui.tabs.base import DashboardTab
 
 
@@ -15,26 +20,30 @@ class PipesTab(DashboardTab):
         yield Static("", id="pipes")
 
     def refresh_live(self) -> None:
-        node = self.dashboard.control.node
+        status = self.dashboard.control.status()
         widget = self.query_one("#pipes", Static)
-        if node is None:
+        if status is None:
             widget.update("Start the network server to see the pipes of the network.")
             return
-        total = {str(m): h.source.num_layers for m, h in node.models.items()}
+        total = {str(model.model_id): model.total_layers for model in status.models}
         first = {
-            str(m): h.end_model.local_layers.end for m, h in node.models.items() if h.end_model is not None
+            str(model.model_id): model.first_shared_layer
+            for model in status.models
+            if model.first_shared_layer is not None
         }
-        complete = {str(m): node.route_for(m) is not None for m, h in node.models.items() if h.end_model}
-        views = pipe_views(node.network.records(), total, first, complete)
+        complete = {str(model.model_id): model.servable for model in status.models if model.has_end_model}
+        views = pipe_views(status.records, total, first, complete)
         if not views:
             widget.update("No model is hosted anywhere in the network yet.")
             return
+        hops = hop_latencies()
         table = Table(expand=True)
         for column in ("Model", "Layers", "Segments (layer order)", "State"):
             table.add_column(column)
         for view in views:
             segments = "\n".join(
                 f"{_layers(s.start_layer, s.end_layer)} on {s.node_id}{'' if s.loaded else ' (loading)'}"
+                + (f", {latency}" if (latency := hop_latency_text(hops.get(s.node_id))) else "")
                 for s in view.segments
             )
             gaps = ", ".join(f"{start}-{end - 1}" for start, end in view.gaps())
