@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from language_pipes import metrics
 from language_pipes.api.app import create_app
 from language_pipes.api.server import ApiServer
 from language_pipes.api.settings import ApiSettings
@@ -194,6 +195,7 @@ class Node:
                     ),
                     remote_lanes=self.config.remote_lanes,
                 )
+                hosted.scheduler.on_speculation = metrics.record_speculation
                 hosted.scheduler.start()
                 hosted.generator = ModelGenerator(hosted.end_model, hosted.scheduler)
 
