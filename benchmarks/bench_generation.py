@@ -115,6 +115,7 @@ def run(tokens: int, threads: int, concurrency: tuple[int, ...], core_per_node: 
     results: dict[str, object] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "model": DEFAULT_MODEL,
         "dtype": "bfloat16",
         "tokens": tokens,
