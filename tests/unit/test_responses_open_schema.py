@@ -19,28 +19,10 @@ from language_pipes.api.app import create_app
 from language_pipes.api.settings import ApiSettings
 from support.app_server import AppServer
 from support.open_responses import parse_sse, validate_response, validate_stream
+from support.responses_http import MODEL, WEATHER_TOOL, make_client, post
 from support.scripted_engine import ScriptedCatalog, ScriptedGenerator
 
-MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-WEATHER_TOOL = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "Get weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
 CALL_TEXT = '{"name": "get_weather", "arguments": {"city": "Chicago"}}'
-
-
-def make_client(pieces: list[str], tokenizer: Any = None) -> tuple[TestClient, ScriptedGenerator]:
-    generator = ScriptedGenerator(MODEL, pieces)
-    if tokenizer is not None:
-        generator.tokenizer = tokenizer
-    app = create_app(ScriptedCatalog(generator), api_keys=[], max_api_jobs=5)
-    return TestClient(app, raise_server_exceptions=False, base_url="http://localhost"), generator
-
-
-def post(client: TestClient, **body: Any) -> Any:
-    return client.post("/v1/responses", json={"model": MODEL, "input": "Hi", **body})
 
 
 def both_forms(client: TestClient, **body: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
