@@ -7,15 +7,13 @@ from typing import Any
 
 import pytest
 
-from language_pipes.api.chat_tools import (
-    ChatDeltaInterpreter,
-    chat_message,
-    chat_template_messages,
-    plan_chat_output,
-)
+from language_pipes.api import chat_render
+from language_pipes.api.chat_tools import ChatOutputPlan, chat_template_messages, plan_chat_output
 from language_pipes.api.errors import APIError
+from language_pipes.api.output import OutputInterpreter
 from language_pipes.api.schemas import ChatCompletionRequest
 from language_pipes.engine.constraints import GrammarConstraint
+from language_pipes.engine.types import Finished, FinishReason, TextDelta
 
 WEATHER = {
     "type": "function",
@@ -25,6 +23,27 @@ WEATHER = {
     },
 }
 CALL_TEXT = '{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+
+
+class ChatDeltaInterpreter:
+    """Generated text in, chat deltas out: the shared output interpreter with the chat rendering."""
+
+    def __init__(self, plan: ChatOutputPlan) -> None:
+        self.output = OutputInterpreter(plan.reading(starts_in_reasoning=False))
+
+    def feed(self, text: str) -> list[Any]:
+        return chat_render.chat_deltas(self.output.feed(TextDelta(text, ())))
+
+    def finish(self, reason: FinishReason) -> tuple[list[Any], str]:
+        items = self.output.finish(Finished(reason, prompt_tokens=0, completion_tokens=0))
+        return chat_render.chat_deltas(items), chat_render.finish_reason(items[-1])  # type: ignore[arg-type]
+
+
+def chat_message(text: str, reason: FinishReason, plan: ChatOutputPlan) -> tuple[Any, str]:
+    """The whole answer: the streamed items collected."""
+    output = OutputInterpreter(plan.reading(starts_in_reasoning=False))
+    items = output.feed(TextDelta(text, ())) + output.finish(Finished(reason, 0, 0))
+    return chat_render.chat_message(items)
 
 
 class TokenizerOnly:

@@ -24,7 +24,7 @@ every request for ``/metrics``), then the :class:`~language_pipes.api.guard.Requ
 Building blocks for another endpoint: ``body.read_body`` and
 ``schemas.SamplingFields``, ``models_route.completion_token_budget``,
 ``generation.run_generation`` / ``generation.start_streamed_generation`` /
-``generation.error_event``, ``sse.EventStreamResponse`` / ``sse.sse_event`` /
+``generation.stream_frames`` with a ``StreamRenderer``, ``sse.EventStreamResponse`` / ``sse.sse_event`` /
 ``sse.SSE_DONE``.
 """
 

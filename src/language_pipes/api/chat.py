@@ -1,45 +1,32 @@
 """``POST /v1/chat/completions``: validated chat body -> engine request -> JSON or SSE chunks.
 
-The engine is read through :mod:`language_pipes.api.generation`, shared with
-the Responses endpoint; this module plans the chat output and renders chunks.
+This module checks and plans the request; the rest is the pipeline shared with
+the Responses endpoint (:mod:`language_pipes.api.generation`), rendered by
+:mod:`language_pipes.api.chat_render`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
-from openai.types import CompletionUsage
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
-from openai.types.chat.chat_completion import Choice
-from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
-from openai.types.chat.chat_completion_chunk import ChoiceDelta
 from starlette.responses import JSONResponse, Response
 
 from language_pipes.api import chat_tools
-from language_pipes.api.auth import AuthenticatedClient, JobSlot, job_limiter
+from language_pipes.api.auth import AuthenticatedClient, job_limiter
 from language_pipes.api.body import read_body
-from language_pipes.api.errors import current_request_id, finished_with_error, invalid_request
-from language_pipes.api.generation import (
-    GenerationEndedEarly,
-    GenerationOutcome,
-    StartedGeneration,
-    error_event,
-    run_generation,
-    start_streamed_generation,
-)
+from language_pipes.api.chat_render import ChatStreamRenderer, CompletionIdentity, chat_completion_body
+from language_pipes.api.errors import invalid_request
+from language_pipes.api.generation import run_generation, start_streamed_generation, stream_frames
 from language_pipes.api.models_route import completion_token_budget, generator_for
-from language_pipes.api.prompt import encode_prompt
-from language_pipes.api.reasoning import prompt_opens_reasoning
+from language_pipes.api.output import OutputInterpreter, OutputReading
+from language_pipes.api.prompt import encode_prompt, prompt_opens_reasoning
 from language_pipes.api.schemas import ChatCompletionRequest
 from language_pipes.api.settings import api_settings
-from language_pipes.api.sse import SSE_DONE, EventStreamResponse, sse_event
-from language_pipes.engine.types import Finished, GenerationRequest, TextDelta, TextGenerator
+from language_pipes.api.sse import EventStreamResponse
+from language_pipes.engine.types import GenerationRequest, TextGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +67,7 @@ class ChatGeneration:
     """The engine request of one chat completion and how to read its output."""
 
     request: GenerationRequest
-    plan: chat_tools.ChatOutputPlan
-    # The chat template's generation prompt already opened a <think> block.
-    starts_in_reasoning: bool
+    reading: OutputReading
 
 
 async def build_chat_generation(
@@ -96,8 +81,6 @@ async def build_chat_generation(
         param="messages",
     )
     budget = completion_token_budget(generator, len(prompt), body.requested_max_tokens())
-    decode = getattr(generator.tokenizer, "decode", None)
-    prompt_tail = decode(prompt[-8:]) if decode is not None else ""
     request = GenerationRequest(
         prompt_token_ids=prompt,
         sampling=body.sampling_params(),
@@ -108,125 +91,8 @@ async def build_chat_generation(
         constraint=plan.constraint,
     )
     return ChatGeneration(
-        request=request,
-        plan=plan,
-        starts_in_reasoning=plan.constraint is None and prompt_opens_reasoning(prompt_tail),
+        request, plan.reading(starts_in_reasoning=prompt_opens_reasoning(generator, prompt))
     )
-
-
-@dataclass(frozen=True)
-class CompletionIdentity:
-    """What every chunk of one completion shares."""
-
-    id: str
-    created: int
-    model: str
-
-    @staticmethod
-    def new(model: str) -> CompletionIdentity:
-        return CompletionIdentity(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model)
-
-
-def _usage(finished: Finished) -> CompletionUsage:
-    return CompletionUsage(
-        prompt_tokens=finished.prompt_tokens,
-        completion_tokens=finished.completion_tokens,
-        total_tokens=finished.prompt_tokens + finished.completion_tokens,
-    )
-
-
-def chat_completion_body(
-    identity: CompletionIdentity, outcome: GenerationOutcome, chat: ChatGeneration
-) -> dict[str, object]:
-    message, reason = chat_tools.chat_message(
-        outcome.text, outcome.finished.reason, chat.plan, starts_in_reasoning=chat.starts_in_reasoning
-    )
-    completion = ChatCompletion(
-        id=identity.id,
-        object="chat.completion",
-        created=identity.created,
-        model=identity.model,
-        choices=[Choice(index=0, message=message, finish_reason=reason, logprobs=None)],
-        usage=_usage(outcome.finished),
-    )
-    return completion.model_dump(mode="json", exclude_unset=True)
-
-
-class ChunkWriter:
-    """Formats the SSE frames of one streamed completion."""
-
-    def __init__(self, identity: CompletionIdentity, include_usage: bool) -> None:
-        self.identity = identity
-        self.include_usage = include_usage
-
-    def _frame(self, choices: list[ChunkChoice], usage: CompletionUsage | None = None) -> str:
-        chunk = ChatCompletionChunk(
-            id=self.identity.id,
-            object="chat.completion.chunk",
-            created=self.identity.created,
-            model=self.identity.model,
-            choices=choices,
-        )
-        if self.include_usage:
-            chunk.usage = usage  # null on every chunk but the last, as OpenAI does
-        return sse_event(chunk.model_dump(mode="json", exclude_unset=True))
-
-    def role(self) -> str:
-        return self._frame(
-            [ChunkChoice(index=0, delta=ChoiceDelta(role="assistant", content=""), finish_reason=None)]
-        )
-
-    def delta(self, delta: ChoiceDelta) -> str:
-        """One chunk carrying content, reasoning_content or tool_calls."""
-        return self._frame([ChunkChoice(index=0, delta=delta, finish_reason=None)])
-
-    def finish(self, reason: str) -> str:
-        return self._frame([ChunkChoice(index=0, delta=ChoiceDelta(), finish_reason=reason)])
-
-    def usage(self, finished: Finished) -> str:
-        return self._frame([], usage=_usage(finished))
-
-
-async def chat_stream_frames(
-    started: StartedGeneration, writer: ChunkWriter, interpreter: chat_tools.ChatDeltaInterpreter
-) -> AsyncIterator[str]:
-    """role chunk, delta chunks, finish chunk, [usage chunk], [DONE]; an error event on failure."""
-    yield writer.role()
-    try:
-        async for event in started.events():
-            if isinstance(event, TextDelta):
-                for delta in interpreter.feed(event.text):
-                    yield writer.delta(delta)
-            elif event.reason == "error":
-                yield sse_event(finished_with_error(event).body())
-            else:
-                last_deltas, reason = interpreter.finish(event.reason)
-                for delta in last_deltas:
-                    yield writer.delta(delta)
-                yield writer.finish(reason)
-                if writer.include_usage:
-                    yield writer.usage(event)
-    except GenerationEndedEarly:
-        # The engine ended without Finished (an engine bug); the headers are sent, so say it in-band.
-        yield error_event("The generation ended unexpectedly.")
-    except Exception:
-        # The headers are sent, so an engine failure can only be reported in-band.
-        logger.exception("request %s: generation failed during a stream", current_request_id())
-        yield error_event("The server had an error while generating.")
-    yield SSE_DONE
-
-
-async def _stream_chat(
-    request: Request,
-    generator: TextGenerator,
-    chat: ChatGeneration,
-    body: ChatCompletionRequest,
-    slot: JobSlot,
-) -> Response:
-    started = await start_streamed_generation(request, generator, chat.request, slot)
-    writer = ChunkWriter(CompletionIdentity.new(body.model), body.include_usage())
-    interpreter = chat_tools.ChatDeltaInterpreter(chat.plan, starts_in_reasoning=chat.starts_in_reasoning)
-    return EventStreamResponse(chat_stream_frames(started, writer, interpreter), on_close=started.close)
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -243,8 +109,12 @@ async def create_chat_completion(request: Request, client: AuthenticatedClient) 
     except BaseException:
         slot.release()
         raise
+    identity = CompletionIdentity.new(body.model)
+    interpreter = OutputInterpreter(chat.reading)
     if body.stream:
-        return await _stream_chat(request, generator, chat, body, slot)
+        started = await start_streamed_generation(request, generator, chat.request, slot)
+        renderer = ChatStreamRenderer(identity, body.include_usage())
+        return EventStreamResponse(stream_frames(started, interpreter, renderer), on_close=started.close)
     with slot:
-        outcome = await run_generation(request, generator, chat.request)
-    return JSONResponse(chat_completion_body(CompletionIdentity.new(body.model), outcome, chat))
+        items = await run_generation(request, generator, chat.request, interpreter)
+    return JSONResponse(chat_completion_body(identity, items))

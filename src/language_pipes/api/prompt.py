@@ -28,6 +28,7 @@ from typing import Any
 
 from jinja2.exceptions import TemplateError
 
+from language_pipes.api import reasoning
 from language_pipes.api.errors import invalid_request
 from language_pipes.engine.types import TextGenerator
 
@@ -171,3 +172,9 @@ async def encode_prompt(
     except TemplateError as error:
         # The model's chat template refused this conversation (e.g. a role order it does not accept).
         raise invalid_request(f"The model's chat template rejected the {param}: {error}", param) from None
+
+
+def prompt_opens_reasoning(generator: TextGenerator, prompt: Sequence[int]) -> bool:
+    """Whether the chat template's generation prompt already opened a ``<think>`` block."""
+    decode = getattr(generator.tokenizer, "decode", None)
+    return decode is not None and reasoning.prompt_opens_reasoning(decode(list(prompt[-8:])))

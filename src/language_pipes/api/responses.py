@@ -3,29 +3,20 @@
 A request becomes a chat conversation (``instructions``, the tool block and a
 format hint as the system message; input items as turns, earlier turns from
 ``previous_response_id``), optionally a token constraint (structured output,
-or an enforced tool call), and an engine request. What the model produces is
-interpreted by an :class:`~language_pipes.api.responses_output.OutputComposer` into output items through the
-:class:`~language_pipes.api.responses_stream.ResponseBuilder`, which yields
-the typed stream events; the non-streamed answer is that builder's final
-snapshot.
-
-How output is streamed depends on what it can be:
-
-* plain text: reasoning streams live on a ``reasoning`` item, then the answer
-  on a ``message`` item;
-* ``tool_choice`` ``auto``: reasoning streams live; the answer is buffered
-  until the end, then becomes ``function_call`` items or a message;
-* ``required`` / a named tool: the constraint guarantees a call, so the
-  ``function_call`` item opens as soon as the tool's name is generated and its
-  arguments stream as they are produced.
+or an enforced tool call), an engine request and an
+:class:`~language_pipes.api.output.OutputReading` (the output modes are
+described in :mod:`language_pipes.api.output`). From there it takes the
+pipeline shared with chat (:mod:`language_pipes.api.generation`); the output
+items are rendered by :mod:`language_pipes.api.responses_output` through a
+:class:`~language_pipes.api.responses_stream.ResponseBuilder`, whose final
+snapshot is the non-streamed answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -33,55 +24,33 @@ from openai.types.responses import ResponseFunctionToolCall
 from starlette.responses import JSONResponse, Response
 
 from language_pipes.api import tool_calls
-from language_pipes.api.auth import AuthenticatedClient, ClientKey, JobSlot, job_limiter
+from language_pipes.api.auth import AuthenticatedClient, ClientKey, job_limiter
 from language_pipes.api.body import read_body
-from language_pipes.api.errors import (
-    current_request_id,
-    finished_with_error,
-    generation_failed,
-    invalid_request,
-)
-from language_pipes.api.generation import GenerationEndedEarly, StartedGeneration, start_streamed_generation
+from language_pipes.api.errors import invalid_request
+from language_pipes.api.generation import run_generation, start_streamed_generation, stream_frames
 from language_pipes.api.models_route import completion_token_budget, generator_for
-from language_pipes.api.prompt import encode_prompt
-from language_pipes.api.reasoning import (
-    prompt_opens_reasoning,
-)
-from language_pipes.api.response_store import (
-    ResponseId,
-    StoredResponse,
-    response_store,
-)
-from language_pipes.api.responses_output import OutputComposer
+from language_pipes.api.output import OutputInterpreter, OutputMode, OutputReading, output_mode
+from language_pipes.api.prompt import encode_prompt, prompt_opens_reasoning
+from language_pipes.api.response_store import ResponseId, StoredResponse, response_store
+from language_pipes.api.responses_output import ResponsesStreamRenderer, builder_events
 from language_pipes.api.responses_plan import (
     Conversation,
-    OutputMode,
     ResponsePlan,
     conversation_from_input,
     template_messages,
 )
 from language_pipes.api.responses_schemas import (
     ResponsesRequest,
-    TextFormatJsonObject,
     TextFormatJsonSchema,
 )
 from language_pipes.api.responses_settings import ResponseSettings
-from language_pipes.api.responses_stream import ResponseBuilder, event_frame
+from language_pipes.api.responses_stream import ResponseBuilder
 from language_pipes.api.settings import api_settings
-from language_pipes.api.sse import SSE_DONE, EventStreamResponse, cancel_on_disconnect
+from language_pipes.api.sse import EventStreamResponse
 from language_pipes.engine.constraints import (
-    GrammarCompileError,
     GrammarConstraint,
-    json_object_constraint,
-    json_schema_constraint,
 )
-from language_pipes.engine.types import (
-    Finished,
-    GenerationEvent,
-    GenerationRequest,
-    TextDelta,
-    TextGenerator,
-)
+from language_pipes.engine.types import GenerationRequest, TextGenerator
 
 logger = logging.getLogger(__name__)
 
@@ -127,18 +96,12 @@ def _build_constraint(
     callable_tools: Sequence[tool_calls.FunctionTool],
 ) -> GrammarConstraint | None:
     """Compile the token constraint (runs in a worker thread: compiling can take a moment)."""
-    tokenizer = generator.tokenizer
     if mode == "enforced_call":
-        return tool_calls.enforced_call_constraint(tokenizer, all_tools, callable_tools, "responses")
-    output_format = body.output_format()
-    if isinstance(output_format, TextFormatJsonSchema):
-        try:
-            return json_schema_constraint(tokenizer, output_format.json_schema, what="text.format.schema")
-        except GrammarCompileError as error:
-            raise invalid_request(str(error), param="text.format.schema") from None
-    if isinstance(output_format, TextFormatJsonObject):
-        return json_object_constraint(tokenizer)
-    return None
+        return tool_calls.enforced_call_constraint(
+            generator.tokenizer, all_tools, callable_tools, "responses"
+        )
+    structured = body.structured_output()
+    return structured.constraint(generator.tokenizer) if structured is not None else None
 
 
 def _previous_response(request: Request, body: ResponsesRequest, client: ClientKey) -> StoredResponse | None:
@@ -163,12 +126,7 @@ async def plan_response(
     tools = tool_calls.validate_tools(body.tools, "responses")
     choice = tool_calls.validate_tool_choice(body.tool_choice, tools, "responses")
     callable_tools = tool_calls.tools_for_choice(tools, choice)
-    if tool_calls.call_is_enforced(choice):
-        mode: OutputMode = "enforced_call"
-    elif callable_tools:
-        mode = "auto_tools"
-    else:
-        mode = "text"
+    mode = output_mode(choice, callable_tools)
     previous = _previous_response(request, body, client)
     conversation = conversation_from_input(body, previous)
     messages = template_messages(body, conversation, tool_calls.tool_instructions(tools, choice))
@@ -177,13 +135,18 @@ async def plan_response(
     )
     budget = completion_token_budget(generator, len(prompt), body.requested_max_tokens(), param="input")
     constraint = await asyncio.to_thread(_build_constraint, generator, body, mode, tools, callable_tools)
-    decode = getattr(generator.tokenizer, "decode", None)
-    prompt_tail = decode(prompt[-8:]) if decode is not None else ""
+    reading = OutputReading(
+        mode=mode,
+        callable_tools=callable_tools,
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        max_tool_calls=body.max_tool_calls,
+        starts_in_reasoning=constraint is None and prompt_opens_reasoning(generator, prompt),
+    )
     return ResponsePlan(
         body=body,
         tools=tools,
         tool_choice=choice,
-        mode=mode,
+        reading=reading,
         conversation=conversation,
         generation=GenerationRequest(
             prompt_token_ids=prompt,
@@ -191,9 +154,6 @@ async def plan_response(
             max_new_tokens=budget,
             constraint=constraint,
         ),
-        starts_in_reasoning=mode != "enforced_call"
-        and constraint is None
-        and prompt_opens_reasoning(prompt_tail),
         previous=previous,
     )
 
@@ -271,105 +231,6 @@ def remember(request: Request, plan: ResponsePlan, builder: ResponseBuilder, cli
 # ---------------------------------------------------------------- endpoint
 
 
-async def _next_event(events: AsyncIterator[GenerationEvent]) -> GenerationEvent | None:
-    try:
-        return await anext(events)
-    except StopAsyncIteration:
-        # The engine ended without Finished; the caller reports it as a failed response.
-        return None
-
-
-async def _compose_whole(generator: TextGenerator, plan: ResponsePlan, composer: OutputComposer) -> None:
-    """Run a non-streamed generation through the composer; an engine failure raises its APIError."""
-    events = generator.generate(plan.generation)
-    try:
-        async for event in events:
-            if isinstance(event, TextDelta):
-                composer.on_delta(event)
-                continue
-            if event.reason == "error":
-                raise finished_with_error(event)
-            composer.on_finished(event)
-            return
-        raise GenerationEndedEarly("the engine ended a sequence without a Finished event")
-    finally:
-        await events.aclose()
-
-
-_HEARTBEAT = object()
-
-
-async def _events_with_heartbeats(
-    started: StartedGeneration, interval: float
-) -> AsyncIterator[GenerationEvent | object | None]:
-    """The engine's events (``None`` when it ends early), and ``_HEARTBEAT`` for each quiet ``interval``."""
-    yield started.first_event
-    if not isinstance(started.first_event, TextDelta):
-        return
-    while True:
-        pending = asyncio.ensure_future(_next_event(started.rest))
-        try:
-            while not (await asyncio.wait({pending}, timeout=interval))[0]:
-                yield _HEARTBEAT
-        finally:
-            if not pending.done():
-                # The stream is being closed mid-wait: stop reading the engine before it is closed.
-                pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pending
-        event = pending.result()
-        yield event
-        if event is None or not isinstance(event, TextDelta):
-            return
-
-
-async def _stream_frames(
-    request: Request,
-    plan: ResponsePlan,
-    started: StartedGeneration,
-    builder: ResponseBuilder,
-    client: ClientKey,
-) -> AsyncIterator[str]:
-    composer = OutputComposer(builder, plan)
-    for event in builder.start():
-        yield event_frame(event)
-    current: GenerationEvent | object | None = None
-    events = _events_with_heartbeats(started, api_settings(request).stream_heartbeat_seconds)
-    try:
-        async for current in events:
-            if current is _HEARTBEAT:
-                for event in builder.heartbeat():
-                    yield event_frame(event)
-            elif isinstance(current, TextDelta):
-                for event in composer.on_delta(current):
-                    yield event_frame(event)
-            elif current is not None:
-                assert isinstance(current, Finished)
-                for event in composer.on_finished(current):
-                    yield event_frame(event)
-                remember(request, plan, builder, client)
-        if current is None:
-            for event in builder.fail(generation_failed("the engine ended without Finished").message):
-                yield event_frame(event)
-    except Exception:
-        # The headers are sent, so a failure can only be reported in-band.
-        logger.exception("request %s: generation failed during a responses stream", current_request_id())
-        for event in builder.fail(generation_failed("unexpected exception during a stream").message):
-            yield event_frame(event)
-    finally:
-        await events.aclose()
-    yield SSE_DONE
-
-
-async def _stream_response(
-    request: Request, generator: TextGenerator, plan: ResponsePlan, slot: JobSlot, client: ClientKey
-) -> Response:
-    started = await start_streamed_generation(request, generator, plan.generation, slot)
-    builder = ResponseBuilder(response_settings(plan))
-    frames = _stream_frames(request, plan, started, builder, client)
-    return EventStreamResponse(frames, on_close=started.close)
-
-
 @router.post("/v1/responses", response_model=None)
 async def create_response(request: Request, client: AuthenticatedClient) -> Response:
     # The slot is taken first: decoding, planning and tokenizing are the expensive part of a request.
@@ -381,12 +242,18 @@ async def create_response(request: Request, client: AuthenticatedClient) -> Resp
     except BaseException:
         slot.release()
         raise
-    if body.stream:
-        return await _stream_response(request, generator, plan, slot, client)
     builder = ResponseBuilder(response_settings(plan))
-    composer = OutputComposer(builder, plan)
+    interpreter = OutputInterpreter(plan.reading)
+    if body.stream:
+        started = await start_streamed_generation(request, generator, plan.generation, slot)
+        renderer = ResponsesStreamRenderer(builder, lambda: remember(request, plan, builder, client))
+        heartbeat = api_settings(request).stream_heartbeat_seconds
+        return EventStreamResponse(
+            stream_frames(started, interpreter, renderer, heartbeat), on_close=started.close
+        )
     builder.start()
     with slot:
-        await cancel_on_disconnect(request, _compose_whole(generator, plan, composer))
+        items = await run_generation(request, generator, plan.generation, interpreter)
+    builder_events(builder, items)
     remember(request, plan, builder, client)
     return JSONResponse(builder.body())

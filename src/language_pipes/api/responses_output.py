@@ -1,112 +1,103 @@
-"""Model output -> Responses output items: the :class:`OutputComposer` (used by ``api.responses``)."""
+"""Output items -> Responses output items and stream events: the Responses renderer.
+
+The Responses side of the shared pipeline (:mod:`language_pipes.api.generation`):
+:func:`builder_events` hands each :data:`~language_pipes.api.output.OutputItem`
+to the :class:`~language_pipes.api.responses_stream.ResponseBuilder`, which
+keeps the ``Response`` snapshot and returns the typed events.
+:class:`ResponsesStreamRenderer` frames those events for a stream; the
+non-streamed answer runs the same items through a builder and returns its
+final snapshot.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
 
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseStreamEvent
 
-from language_pipes.api import tool_calls
-from language_pipes.api.errors import finished_with_error
-from language_pipes.api.reasoning import AnswerDelta, ReasoningDelta, ReasoningEnded, ReasoningSplitter
-from language_pipes.api.responses_plan import ResponsePlan
+from language_pipes.api.errors import APIError
+from language_pipes.api.output import (
+    OutputEnded,
+    OutputItem,
+    ToolCallArguments,
+    ToolCallEnded,
+    ToolCallsParsed,
+    ToolCallStarted,
+)
+from language_pipes.api.reasoning import AnswerDelta, ReasoningDelta, ReasoningEnded
+from language_pipes.api.responses_settings import whole_seconds
 from language_pipes.api.responses_stream import ResponseBuilder
-from language_pipes.engine.types import Finished, TextDelta
+from language_pipes.api.sse import sse_event
 
 
-class OutputComposer:
-    """Turns the engine's text deltas into output items and stream events (modes: ``api.responses`` doc)."""
+def event_frame(event: ResponseStreamEvent) -> str:
+    """The SSE frame of one event (named, as OpenAI sends them)."""
+    data = event.model_dump(mode="json", exclude_unset=True, by_alias=True)
+    if isinstance(data.get("response"), dict):
+        whole_seconds(data["response"])
+    return sse_event(data, event=event.type)
 
-    def __init__(self, builder: ResponseBuilder, plan: ResponsePlan) -> None:
+
+def _ended(builder: ResponseBuilder, ended: OutputEnded) -> list[ResponseStreamEvent]:
+    events: list[ResponseStreamEvent] = []
+    if not any(isinstance(item, ResponseOutputMessage | ResponseFunctionToolCall) for item in builder.output):
+        events.extend(builder.open_message())  # an empty answer is still a message
+    finished = ended.finished
+    events.extend(
+        builder.finish(
+            "incomplete" if ended.cut_off else "completed",
+            input_tokens=finished.prompt_tokens,
+            output_tokens=finished.completion_tokens,
+            reasoning_tokens=ended.reasoning_tokens,
+        )
+    )
+    return events
+
+
+def _item_events(builder: ResponseBuilder, item: OutputItem) -> list[ResponseStreamEvent]:
+    if isinstance(item, ReasoningDelta):
+        return builder.add_reasoning(item.text)
+    if isinstance(item, ReasoningEnded):
+        return builder.end_reasoning()
+    if isinstance(item, AnswerDelta):
+        return builder.add_text(item.text)
+    if isinstance(item, ToolCallStarted):
+        return builder.start_function_call(item.name, item.call_id)
+    if isinstance(item, ToolCallArguments):
+        return builder.add_arguments(item.text)
+    if isinstance(item, ToolCallEnded):
+        return builder.end_function_call(status="completed" if item.complete else "incomplete")
+    if isinstance(item, ToolCallsParsed):
+        events: list[ResponseStreamEvent] = []
+        for call in item.calls:
+            events.extend(builder.function_call(call.name, call.arguments, call.call_id))
+        return events
+    return _ended(builder, item)
+
+
+def builder_events(builder: ResponseBuilder, items: list[OutputItem]) -> list[ResponseStreamEvent]:
+    """Feed output items to the builder; returns the events they make."""
+    return [event for item in items for event in _item_events(builder, item)]
+
+
+class ResponsesStreamRenderer:
+    """Writes one streamed response; ``on_completed`` runs once the response ended without failing."""
+
+    def __init__(self, builder: ResponseBuilder, on_completed: Callable[[], None]) -> None:
         self.builder = builder
-        self.mode = plan.mode
-        self.tools = tool_calls.tools_for_choice(plan.tools, plan.tool_choice)
-        self.parallel = plan.body.parallel_tool_calls is not False
-        self.max_tool_calls = plan.body.max_tool_calls
-        self.splitter = ReasoningSplitter(starts_in_reasoning=plan.starts_in_reasoning)
-        self.call_reader = tool_calls.EnforcedCallReader()
-        self.buffered_answer = ""
-        self.raw_text = ""
-        self.reasoning_tokens = 0
+        self.on_completed = on_completed
 
-    def on_delta(self, delta: TextDelta) -> list[ResponseStreamEvent]:
-        self.raw_text += delta.text
-        if self.mode == "enforced_call":
-            return self._enforced_delta(delta.text)
-        if self.splitter.in_reasoning:
-            self.reasoning_tokens += len(delta.token_ids)
-        return self._split_events(self.splitter.feed(delta.text))
+    def opening(self) -> list[str]:
+        return [event_frame(event) for event in self.builder.start()]
 
-    def on_finished(self, finished: Finished) -> list[ResponseStreamEvent]:
-        if finished.reason == "error":
-            # The public message names the request id; the engine's text goes to the log.
-            return self.builder.fail(finished_with_error(finished).message)
-        status: Literal["completed", "incomplete"] = (
-            "incomplete" if finished.reason == "length" else "completed"
-        )
-        if self.mode == "enforced_call":
-            events = self._enforced_finish(status)
-        else:
-            events = self._split_events(self.splitter.finish())
-            if self.mode == "auto_tools":
-                events.extend(self._resolve_buffered_answer())
-            if not any(
-                isinstance(item, ResponseOutputMessage | ResponseFunctionToolCall)
-                for item in self.builder.output
-            ):
-                events.extend(self.builder.open_message())  # an empty answer is still a message
-        events.extend(
-            self.builder.finish(
-                status,
-                input_tokens=finished.prompt_tokens,
-                output_tokens=finished.completion_tokens,
-                reasoning_tokens=self.reasoning_tokens,
-            )
-        )
-        return events
+    def render(self, items: list[OutputItem]) -> list[str]:
+        frames = [event_frame(event) for event in builder_events(self.builder, items)]
+        if items and isinstance(items[-1], OutputEnded):
+            self.on_completed()
+        return frames
 
-    def _split_events(
-        self, split_events: list[AnswerDelta | ReasoningDelta | ReasoningEnded]
-    ) -> list[ResponseStreamEvent]:
-        events: list[ResponseStreamEvent] = []
-        for event in split_events:
-            if isinstance(event, ReasoningDelta):
-                events.extend(self.builder.add_reasoning(event.text))
-            elif isinstance(event, ReasoningEnded):
-                events.extend(self.builder.end_reasoning())
-            elif self.mode == "auto_tools":
-                self.buffered_answer += event.text
-            else:
-                events.extend(self.builder.add_text(event.text))
-        return events
+    def heartbeat(self) -> list[str]:
+        return [event_frame(event) for event in self.builder.heartbeat()]
 
-    def _resolve_buffered_answer(self) -> list[ResponseStreamEvent]:
-        calls = tool_calls.parse_tool_calls(self.buffered_answer, self.tools, parallel=self.parallel)
-        if self.max_tool_calls is not None:
-            calls = calls[: self.max_tool_calls]
-        events: list[ResponseStreamEvent] = []
-        if calls:
-            for call in calls:
-                events.extend(self.builder.function_call(call.name, call.arguments))
-        elif self.buffered_answer:
-            events.extend(self.builder.add_text(self.buffered_answer))
-        return events
-
-    def _enforced_delta(self, text: str) -> list[ResponseStreamEvent]:
-        had_name = self.call_reader.name is not None
-        arguments = self.call_reader.feed(text)
-        events: list[ResponseStreamEvent] = []
-        if not had_name and self.call_reader.name is not None:
-            events.extend(self.builder.start_function_call(self.call_reader.name))
-        events.extend(self.builder.add_arguments(arguments))
-        return events
-
-    def _enforced_finish(self, status: Literal["completed", "incomplete"]) -> list[ResponseStreamEvent]:
-        # The grammar closed the call exactly when the whole text parses as one.
-        complete = tool_calls.parse_enforced_call(self.raw_text) is not None
-        if self.call_reader.name is None:
-            # Cut off before the tool's name was complete: nothing callable, report the raw text.
-            return self.builder.add_text(self.raw_text) if self.raw_text else []
-        events = self.builder.add_arguments(self.call_reader.finish(complete=complete))
-        events.extend(self.builder.end_function_call(status="completed" if complete else "incomplete"))
-        return events
+    def failed(self, error: APIError) -> list[str]:
+        return [event_frame(event) for event in self.builder.fail(error.message)]

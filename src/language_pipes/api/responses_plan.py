@@ -9,24 +9,18 @@ rest of the plan (output mode, constraint, engine request).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from language_pipes.api import tool_calls
+from language_pipes.api.output import OutputReading
 from language_pipes.api.response_store import ConversationMessage, StoredResponse
 from language_pipes.api.responses_schemas import (
     FunctionCallItem,
     FunctionCallOutputItem,
     MessageItem,
     ResponsesRequest,
-    TextFormatJsonObject,
-    TextFormatJsonSchema,
     content_text,
 )
-from language_pipes.engine.constraints import compact_json
 from language_pipes.engine.types import GenerationRequest
-
-OutputMode = Literal["text", "auto_tools", "enforced_call"]
-
 
 # ---------------------------------------------------------------- request -> conversation
 
@@ -77,22 +71,13 @@ def conversation_from_input(body: ResponsesRequest, previous: StoredResponse | N
     return conversation
 
 
-def format_instructions(body: ResponsesRequest) -> str | None:
-    output_format = body.output_format()
-    if isinstance(output_format, TextFormatJsonSchema):
-        return "Answer only with a JSON value that matches this JSON schema: " + compact_json(
-            output_format.json_schema
-        )
-    if isinstance(output_format, TextFormatJsonObject):
-        return "Answer only with a JSON object."
-    return None
-
-
 def template_messages(
     body: ResponsesRequest, conversation: Conversation, tool_block: str | None
 ) -> list[dict[str, object]]:
     """System message first (instructions, tool block, format hint, input system turns), then the turns."""
-    system_parts = [part for part in (body.instructions, tool_block, format_instructions(body)) if part]
+    structured = body.structured_output()
+    format_hint = structured.hint() if structured is not None else None
+    system_parts = [part for part in (body.instructions, tool_block, format_hint) if part]
     turns = list(conversation.messages)
     while turns and turns[0]["role"] == "system":
         system_parts.append(turns.pop(0)["content"])
@@ -110,8 +95,7 @@ class ResponsePlan:
     body: ResponsesRequest
     tools: list[tool_calls.FunctionTool]
     tool_choice: tool_calls.ToolChoice
-    mode: OutputMode
+    reading: OutputReading
     conversation: Conversation
     generation: GenerationRequest
-    starts_in_reasoning: bool
     previous: StoredResponse | None

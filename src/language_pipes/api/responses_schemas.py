@@ -14,7 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, model_validator
 from pydantic_core import PydanticCustomError
 
-from language_pipes.api.schemas import SamplingFields, StrictModel
+from language_pipes.api.output_format import StructuredOutput
+from language_pipes.api.schemas import SamplingFields, StrictModel, string_or_list
 
 InputRole = Literal["user", "system", "developer", "assistant"]
 
@@ -40,19 +41,9 @@ class InputTextPart(StrictModel):
         return value
 
 
-def _string_or_list(value: Any) -> str | None:
-    if isinstance(value, str):
-        return "as-string"
-    return "as-list" if isinstance(value, list) else None
-
-
 TextContent = Annotated[
     Annotated[str, Tag("as-string")] | Annotated[list[InputTextPart], Tag("as-list")],
-    Discriminator(
-        _string_or_list,
-        custom_error_type="string_or_list_type",
-        custom_error_message="Input should be a string or a list of text parts",
-    ),
+    string_or_list("text parts"),
 ]
 
 
@@ -134,11 +125,7 @@ InputItem = Annotated[
 
 ResponseInput = Annotated[
     Annotated[str, Tag("as-string")] | Annotated[list[InputItem], Tag("as-list")],
-    Discriminator(
-        _string_or_list,
-        custom_error_type="string_or_list_type",
-        custom_error_message="Input should be a string or a list of input items",
-    ),
+    string_or_list("input items"),
 ]
 
 
@@ -260,3 +247,12 @@ class ResponsesRequest(SamplingFields):
 
     def output_format(self) -> TextFormatText | TextFormatJsonObject | TextFormatJsonSchema | None:
         return self.text.format if self.text is not None else None
+
+    def structured_output(self) -> StructuredOutput | None:
+        """The JSON the answer must be (``text.format``), if any."""
+        output_format = self.output_format()
+        if isinstance(output_format, TextFormatJsonSchema):
+            return StructuredOutput(output_format.json_schema, "text.format.schema")
+        if isinstance(output_format, TextFormatJsonObject):
+            return StructuredOutput(None, "text.format")
+        return None

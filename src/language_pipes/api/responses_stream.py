@@ -53,22 +53,25 @@ from openai.types.responses.response_usage import InputTokensDetails, OutputToke
 
 from language_pipes.api import tool_calls
 from language_pipes.api.responses_settings import ResponseSettings, echoed_fields, whole_seconds
-from language_pipes.api.sse import sse_event
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
+OpenKind = Literal["reasoning", "message", "function_call"]
+ResponseItem = ResponseReasoningItem | ResponseOutputMessage | ResponseFunctionToolCall
 EndStatus = Literal["completed", "incomplete"]
+
+
+# The events that carry the whole response snapshot, by their type.
+_RESPONSE_EVENTS: dict[str, type[ResponseStreamEvent]] = {
+    "response.created": ResponseCreatedEvent,
+    "response.in_progress": ResponseInProgressEvent,
+    "response.completed": ResponseCompletedEvent,
+    "response.incomplete": ResponseIncompleteEvent,
+    "response.failed": ResponseFailedEvent,
+}
 
 
 def new_item_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(16)}"
-
-
-def event_frame(event: ResponseStreamEvent) -> str:
-    """The SSE frame of one event (named, as OpenAI sends them)."""
-    data = event.model_dump(mode="json", exclude_unset=True, by_alias=True)
-    if isinstance(data.get("response"), dict):
-        whole_seconds(data["response"])
-    return sse_event(data, event=event.type)
 
 
 class ResponseBuilder:
@@ -78,9 +81,9 @@ class ResponseBuilder:
         self.settings = settings
         self.response_id = response_id or new_item_id("resp")
         self.created_at = int(time.time())
-        self.output: list[ResponseReasoningItem | ResponseOutputMessage | ResponseFunctionToolCall] = []
+        self.output: list[ResponseItem] = []
         self._sequence = 0
-        self._open: Literal["reasoning", "message", "function_call"] | None = None
+        self._open: OpenKind | None = None
         self._open_text = ""
         self.status: Literal["in_progress", "completed", "incomplete", "failed"] = "in_progress"
         self.usage: ResponseUsage | None = None
@@ -130,29 +133,35 @@ class ResponseBuilder:
         self._sequence += 1
         return number
 
+    def _placed(self, item_id: str | None = None) -> dict[str, Any]:
+        """What places an event: the next sequence number, the item's id (the last item's by default)
+        and its index."""
+        return {
+            "sequence_number": self._next(),
+            "item_id": item_id or self.output[-1].id or "",
+            "output_index": self._index,
+        }
+
     @property
     def _index(self) -> int:
         return len(self.output) - 1
+
+    def _response_event(self, event_type: str) -> ResponseStreamEvent:
+        """An event that carries the whole response as it now is."""
+        event_class: Any = _RESPONSE_EVENTS[event_type]
+        return event_class(type=event_type, sequence_number=self._next(), response=self.snapshot())
 
     # ---------------------------------------------------------------- lifecycle
 
     def start(self) -> list[ResponseStreamEvent]:
         return [
-            ResponseCreatedEvent(
-                type="response.created", sequence_number=self._next(), response=self.snapshot()
-            ),
-            ResponseInProgressEvent(
-                type="response.in_progress", sequence_number=self._next(), response=self.snapshot()
-            ),
+            self._response_event("response.created"),
+            self._response_event("response.in_progress"),
         ]
 
     def heartbeat(self) -> list[ResponseStreamEvent]:
         """``response.in_progress`` again: a stream that is busy but has nothing new to send."""
-        return [
-            ResponseInProgressEvent(
-                type="response.in_progress", sequence_number=self._next(), response=self.snapshot()
-            )
-        ]
+        return [self._response_event("response.in_progress")]
 
     def finish(
         self, status: EndStatus, *, input_tokens: int, output_tokens: int, reasoning_tokens: int = 0
@@ -169,17 +178,9 @@ class ResponseBuilder:
         )
         if status == "completed":
             self.completed_at = int(time.time())
-            events.append(
-                ResponseCompletedEvent(
-                    type="response.completed", sequence_number=self._next(), response=self.snapshot()
-                )
-            )
+            events.append(self._response_event("response.completed"))
         else:
-            events.append(
-                ResponseIncompleteEvent(
-                    type="response.incomplete", sequence_number=self._next(), response=self.snapshot()
-                )
-            )
+            events.append(self._response_event("response.incomplete"))
         return events
 
     def fail(self, message: str) -> list[ResponseStreamEvent]:
@@ -187,11 +188,7 @@ class ResponseBuilder:
         events = self.close_open_item("incomplete")
         self.status = "failed"
         self.error = ResponseError(code="server_error", message=message)
-        events.append(
-            ResponseFailedEvent(
-                type="response.failed", sequence_number=self._next(), response=self.snapshot()
-            )
-        )
+        events.append(self._response_event("response.failed"))
         return events
 
     def close_open_item(self, status: ItemStatus) -> list[ResponseStreamEvent]:
@@ -208,20 +205,14 @@ class ResponseBuilder:
     def add_reasoning(self, text: str) -> list[ResponseStreamEvent]:
         events: list[ResponseStreamEvent] = []
         if self._open != "reasoning":
-            events.extend(self.close_open_item("completed"))
             item = ResponseReasoningItem(
                 type="reasoning", id=new_item_id("rs"), summary=[], status="in_progress"
             )
-            self.output.append(item)
-            self._open = "reasoning"
-            self._open_text = ""
-            events.append(self._item_added(item))
+            events.extend(self._open_item(item, "reasoning"))
             events.append(
                 ResponseReasoningSummaryPartAddedEvent(
                     type="response.reasoning_summary_part.added",
-                    sequence_number=self._next(),
-                    item_id=item.id,
-                    output_index=self._index,
+                    **self._placed(item.id),
                     summary_index=0,
                     part=SummaryPartAdded(type="summary_text", text=""),
                 )
@@ -230,9 +221,7 @@ class ResponseBuilder:
         events.append(
             ResponseReasoningSummaryTextDeltaEvent(
                 type="response.reasoning_summary_text.delta",
-                sequence_number=self._next(),
-                item_id=self.output[-1].id or "",
-                output_index=self._index,
+                **self._placed(),
                 summary_index=0,
                 delta=text,
             )
@@ -254,17 +243,13 @@ class ResponseBuilder:
         return [
             ResponseReasoningSummaryTextDoneEvent(
                 type="response.reasoning_summary_text.done",
-                sequence_number=self._next(),
-                item_id=item.id,
-                output_index=self._index,
+                **self._placed(item.id),
                 summary_index=0,
                 text=text,
             ),
             ResponseReasoningSummaryPartDoneEvent(
                 type="response.reasoning_summary_part.done",
-                sequence_number=self._next(),
-                item_id=item.id,
-                output_index=self._index,
+                **self._placed(item.id),
                 summary_index=0,
                 part=SummaryPartDone(type="summary_text", text=text),
             ),
@@ -281,9 +266,7 @@ class ResponseBuilder:
         events.append(
             ResponseTextDeltaEvent(
                 type="response.output_text.delta",
-                sequence_number=self._next(),
-                item_id=self.output[-1].id or "",
-                output_index=self._index,
+                **self._placed(),
                 content_index=0,
                 delta=text,
                 logprobs=[],
@@ -292,20 +275,14 @@ class ResponseBuilder:
         return events
 
     def open_message(self) -> list[ResponseStreamEvent]:
-        events = self.close_open_item("completed")
         item = ResponseOutputMessage(
             type="message", id=new_item_id("msg"), role="assistant", status="in_progress", content=[]
         )
-        self.output.append(item)
-        self._open = "message"
-        self._open_text = ""
-        events.append(self._item_added(item))
+        events = self._open_item(item, "message")
         events.append(
             ResponseContentPartAddedEvent(
                 type="response.content_part.added",
-                sequence_number=self._next(),
-                item_id=item.id,
-                output_index=self._index,
+                **self._placed(item.id),
                 content_index=0,
                 part=ResponseOutputText(type="output_text", text="", annotations=[], logprobs=[]),
             )
@@ -325,18 +302,14 @@ class ResponseBuilder:
         return [
             ResponseTextDoneEvent(
                 type="response.output_text.done",
-                sequence_number=self._next(),
-                item_id=item.id,
-                output_index=self._index,
+                **self._placed(item.id),
                 content_index=0,
                 text=text,
                 logprobs=[],
             ),
             ResponseContentPartDoneEvent(
                 type="response.content_part.done",
-                sequence_number=self._next(),
-                item_id=item.id,
-                output_index=self._index,
+                **self._placed(item.id),
                 content_index=0,
                 part=part,
             ),
@@ -346,7 +319,6 @@ class ResponseBuilder:
     # ---------------------------------------------------------------- function call item
 
     def start_function_call(self, name: str, call_id: str | None = None) -> list[ResponseStreamEvent]:
-        events = self.close_open_item("completed")
         item = ResponseFunctionToolCall(
             type="function_call",
             id=new_item_id("fc"),
@@ -355,11 +327,7 @@ class ResponseBuilder:
             arguments="",
             status="in_progress",
         )
-        self.output.append(item)
-        self._open = "function_call"
-        self._open_text = ""
-        events.append(self._item_added(item))
-        return events
+        return self._open_item(item, "function_call")
 
     def add_arguments(self, delta: str) -> list[ResponseStreamEvent]:
         if self._open != "function_call" or not delta:
@@ -368,9 +336,7 @@ class ResponseBuilder:
         return [
             ResponseFunctionCallArgumentsDeltaEvent(
                 type="response.function_call_arguments.delta",
-                sequence_number=self._next(),
-                item_id=self.output[-1].id or "",
-                output_index=self._index,
+                **self._placed(),
                 delta=delta,
             )
         ]
@@ -386,19 +352,30 @@ class ResponseBuilder:
         return [
             ResponseFunctionCallArgumentsDoneEvent(
                 type="response.function_call_arguments.done",
-                sequence_number=self._next(),
-                item_id=item.id or "",
-                output_index=self._index,
+                **self._placed(item.id or ""),
                 arguments=item.arguments,
             ),
             self._item_done(item),
         ]
 
-    def function_call(self, name: str, arguments: str) -> list[ResponseStreamEvent]:
+    def function_call(
+        self, name: str, arguments: str, call_id: str | None = None
+    ) -> list[ResponseStreamEvent]:
         """A whole call at once (the buffered form: its arguments in one delta)."""
-        return self.start_function_call(name) + self.add_arguments(arguments) + self.end_function_call()
+        return (
+            self.start_function_call(name, call_id) + self.add_arguments(arguments) + self.end_function_call()
+        )
 
     # ---------------------------------------------------------------- shared
+
+    def _open_item(self, item: ResponseItem, kind: OpenKind) -> list[ResponseStreamEvent]:
+        """Close the open item, then add ``item`` as the open one (``output_item.added``)."""
+        events = self.close_open_item("completed")
+        self.output.append(item)
+        self._open = kind
+        self._open_text = ""
+        events.append(self._item_added(item))
+        return events
 
     def _item_added(self, item: Any) -> ResponseOutputItemAddedEvent:
         return ResponseOutputItemAddedEvent(

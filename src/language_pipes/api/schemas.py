@@ -47,10 +47,19 @@ class StrictModel(BaseModel):
 
 
 def _string_or_list(value: Any) -> str | None:
-    """Discriminator for ``str | list[...]`` unions, so only the matching branch reports errors."""
     if isinstance(value, str):
         return "as-string"
     return "as-list" if isinstance(value, list) else None
+
+
+def string_or_list(what: str) -> Discriminator:
+    """The discriminator of a ``str | list[...]`` union (branches tagged ``as-string`` / ``as-list``),
+    so only the matching branch reports errors; ``what`` names what the list holds."""
+    return Discriminator(
+        _string_or_list,
+        custom_error_type="string_or_list_type",
+        custom_error_message=f"Input should be a string or a list of {what}",
+    )
 
 
 class SamplingFields(StrictModel):
@@ -113,11 +122,7 @@ class TextContentPart(StrictModel):
 
 MessageContent = Annotated[
     Annotated[str, Tag("as-string")] | Annotated[list[TextContentPart], Tag("as-list")],
-    Discriminator(
-        _string_or_list,
-        custom_error_type="string_or_list_type",
-        custom_error_message="Input should be a string or a list of text parts",
-    ),
+    string_or_list("text parts"),
 ]
 
 
@@ -253,11 +258,7 @@ StopText = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 StopSequences = Annotated[
     Annotated[StopText, Tag("as-string")]
     | Annotated[list[StopText], Field(max_length=MAX_STOP_SEQUENCES), Tag("as-list")],
-    Discriminator(
-        _string_or_list,
-        custom_error_type="string_or_list_type",
-        custom_error_message=f"Input should be a string or a list of up to {MAX_STOP_SEQUENCES} strings",
-    ),
+    string_or_list(f"up to {MAX_STOP_SEQUENCES} strings"),
 ]
 
 
