@@ -19,6 +19,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel, Field
 
 from support.node_process import DEFAULT_MODEL
+from support.tool_conversations import PERSON_SCHEMA, chat_tool_round_trip
 
 pytestmark = pytest.mark.slow
 
@@ -54,15 +55,6 @@ TOOLS: list[Any] = [
 ]
 PARAMETERS_BY_NAME = {tool["function"]["name"]: tool["function"]["parameters"] for tool in TOOLS}
 ASK_WEATHER: list[Any] = [{"role": "user", "content": "What is the weather in Chicago?"}]
-PERSON_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 40},
-        "age": {"type": "integer", "minimum": 0, "maximum": 150},
-    },
-    "required": ["name", "age"],
-    "additionalProperties": False,
-}
 
 
 def assert_valid_calls(completion: ChatCompletion, allowed: set[str]) -> None:
@@ -255,21 +247,7 @@ def test_tool_result_round_trip(client: OpenAI) -> None:
     assert follow_up.usage is not None and question_only.usage is not None
     assert follow_up.usage.prompt_tokens > question_only.usage.prompt_tokens + 10  # the call and its result
 
-    written_by_hand: list[Any] = [
-        *ASK_WEATHER,
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": "call_abc",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Chicago"}'},
-                }
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_abc", "content": '{"temperature": 72}'},
-    ]
+    written_by_hand = chat_tool_round_trip()
     again = client.chat.completions.create(model=MODEL, messages=written_by_hand, max_completion_tokens=40)
     assert isinstance(again.choices[0].message.content, str)
 

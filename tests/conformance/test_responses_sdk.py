@@ -16,6 +16,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import BaseModel, TypeAdapter
 
 from support.node_process import DEFAULT_MODEL
+from support.tool_conversations import PERSON_SCHEMA, responses_tool_round_trip
 
 pytestmark = pytest.mark.slow
 
@@ -34,15 +35,6 @@ TOOLS: list[Any] = [
         },
     }
 ]
-PERSON_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "maxLength": 40},
-        "age": {"type": "integer", "minimum": 0, "maximum": 150},
-    },
-    "required": ["name", "age"],
-    "additionalProperties": False,
-}
 
 
 def test_seed_responses_usage(client: OpenAI) -> None:
@@ -114,16 +106,7 @@ def test_seed_function_tool_example_and_round_trip(client: OpenAI) -> None:
             assert item.name == "get_weather" and isinstance(json.loads(item.arguments), dict)
     follow_up = client.responses.create(
         model=MODEL,
-        input=[
-            {"role": "user", "content": "What is the weather in Chicago?"},
-            {
-                "type": "function_call",
-                "call_id": "call_abc",
-                "name": "get_weather",
-                "arguments": '{"city": "Chicago"}',
-            },
-            {"type": "function_call_output", "call_id": "call_abc", "output": '{"temperature": 72}'},
-        ],
+        input=responses_tool_round_trip(),
         tools=TOOLS,
         tool_choice="none",
         max_output_tokens=60,

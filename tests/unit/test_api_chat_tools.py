@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from language_pipes.api.app import create_app
 from language_pipes.engine.constraints import GrammarConstraint
 from support.scripted_engine import ScriptedCatalog, ScriptedGenerator
+from support.tool_conversations import chat_tool_round_trip
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 WEATHER = {
@@ -148,6 +149,25 @@ def test_named_tool_choice_non_streamed(real_tokenizer: Any) -> None:
     assert request.stop == (), "a stop string must not cut an enforced call short"
 
 
+def test_a_cut_off_enforced_call_reads_the_same_whole_and_streamed(real_tokenizer: Any) -> None:
+    """The non-streamed answer is the stream collected: a call cut off by the token limit is the partial
+    call in both, not the raw text in one and a call in the other."""
+    cut_off = CALL_TEXT[:-8]
+    pieces = [cut_off[start : start + 5] for start in range(0, len(cut_off), 5)]
+    streamed_generator = ScriptedGenerator(MODEL, pieces, reason="length")
+    streamed_generator.tokenizer = real_tokenizer
+    chunks = stream_chunks(streamed_generator, tools=[WEATHER], tool_choice="required")
+    streamed = assert_tool_call_delta_contract(chunks)
+    whole_generator = ScriptedGenerator(MODEL, pieces, reason="length")
+    whole_generator.tokenizer = real_tokenizer
+    choice = post(whole_generator, tools=[WEATHER], tool_choice="required").json()["choices"][0]
+    assert chunks[-1]["choices"][0]["finish_reason"] == choice["finish_reason"] == "length"
+    assert choice["message"]["content"] is None
+    function = choice["message"]["tool_calls"][0]["function"]
+    assert streamed == {0: {"name": function["name"], "arguments": function["arguments"]}}
+    assert function["name"] == "get_weather" and function["arguments"].startswith('{"city": "Ch')
+
+
 def test_response_format_puts_a_json_constraint_on_the_engine(real_tokenizer: Any) -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
     generator = ScriptedGenerator(MODEL, ['{"n": 3}'])
@@ -251,21 +271,7 @@ def test_reasoning_opened_by_the_template_is_split_too() -> None:
 
 
 def test_tool_round_trip_renders_through_the_real_chat_template(real_tokenizer: Any) -> None:
-    messages = [
-        *ASK_WEATHER,
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": "call_abc",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Chicago"}'},
-                }
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_abc", "content": '{"temperature": 72}'},
-    ]
+    messages = chat_tool_round_trip()
     generator = ScriptedGenerator(MODEL, ["It is 72 degrees."])
     response = post(generator, messages=messages, tools=[WEATHER])
     assert response.status_code == 200, response.text

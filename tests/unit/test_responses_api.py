@@ -12,6 +12,7 @@ from pydantic import TypeAdapter
 
 from language_pipes.engine.constraints import GrammarConstraint
 from support.responses_http import WEATHER_TOOL, make_client, post
+from support.tool_conversations import responses_tool_round_trip
 
 EVENTS = TypeAdapter(ResponseStreamEvent)
 
@@ -162,16 +163,7 @@ def test_function_call_round_trip_renders_the_result() -> None:
     body = post(
         client,
         tools=[WEATHER_TOOL],
-        input=[
-            {"role": "user", "content": "What is the weather in Chicago?"},
-            {
-                "type": "function_call",
-                "call_id": "call_abc",
-                "name": "get_weather",
-                "arguments": '{"city": "Chicago"}',
-            },
-            {"type": "function_call_output", "call_id": "call_abc", "output": '{"temperature": 72}'},
-        ],
+        input=responses_tool_round_trip(),
     ).json()
     assert body["output_text"] == "It is 72 degrees."
     roles = [message["role"] for message in generator.last_messages]
