@@ -17,21 +17,11 @@ import pytest
 import zmq
 
 from language_pipes.network.lanes import STATUS_UNKNOWN, LaneClient, ReplyPrefix, RequestPrefix
-from language_pipes.network.peer_network import PeerNetwork
 from language_pipes.network.types import NodeId, PeerLostError, PeerRequestFailed
 from support.node_process import free_port
-from support.peers import Starter, wait_until
+from support.peers import Starter, start_pair
 
 pytestmark = pytest.mark.asyncio
-
-
-async def pair(start_node: Starter, **options: object) -> tuple[PeerNetwork, PeerNetwork]:
-    """``a`` answers lanes, ``b`` (the origin) sends on them; both share a network key."""
-    key = os.urandom(16)
-    a = await start_node("a", network_key=key, **options)
-    b = await start_node("b", network_key=key, bootstrap=(a,))
-    await wait_until(lambda: "a" in b.records() and "b" in a.records(), what="a and b meeting")
-    return a, b
 
 
 def reversing_handler(calls: list[tuple[str, str, bytes]]):  # type: ignore[no-untyped-def]
@@ -43,7 +33,7 @@ def reversing_handler(calls: list[tuple[str, str, bytes]]):  # type: ignore[no-u
 
 
 async def test_a_lane_request_runs_on_the_lane_thread_and_round_trips(start_node: Starter) -> None:
-    a, b = await pair(start_node)
+    a, b = await start_pair(start_node)
     calls: list[tuple[str, str, bytes]] = []
     a.register_lane_handler("echo", reversing_handler(calls))
     payload = os.urandom(64 * 1024)
@@ -57,7 +47,7 @@ async def test_a_lane_request_runs_on_the_lane_thread_and_round_trips(start_node
 
 
 async def test_a_failing_handler_reaches_the_origin_as_a_clear_error(start_node: Starter) -> None:
-    a, b = await pair(start_node)
+    a, b = await start_pair(start_node)
 
     def broken(sender: NodeId, header: bytes, payload: bytes) -> bytes:
         raise LookupError("no such segment")
@@ -71,14 +61,14 @@ async def test_a_failing_handler_reaches_the_origin_as_a_clear_error(start_node:
 
 async def test_a_configured_lane_port_is_bound_and_announced(start_node: Starter) -> None:
     port = free_port()
-    a, b = await pair(start_node, lane_port=port)
+    a, b = await start_pair(start_node, lane_port=port)
     assert b.records()[NodeId("a")].lane_port == port
     a.register_lane_handler("echo", reversing_handler([]))
     assert await asyncio.to_thread(b.lane_request, NodeId("a"), "echo", b"", b"xy", 5.0) == b"yx"
 
 
 async def test_a_node_without_lanes_gets_none_so_the_peer_network_carries_it(start_node: Starter) -> None:
-    a, b = await pair(start_node, lane_port=None)
+    a, b = await start_pair(start_node, lane_port=None)
     assert b.records()[NodeId("a")].lane_port is None
     assert await asyncio.to_thread(b.lane_request, NodeId("a"), "echo", b"", b"x", 5.0) is None
 
@@ -87,7 +77,7 @@ async def test_an_unanswered_lane_port_falls_back_within_the_probe_time(
     start_node: Starter, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="language_pipes.network.lanes")
-    a, b = await pair(start_node)
+    a, b = await start_pair(start_node)
     a._lane_server.stop()  # type: ignore[union-attr]  # the port is announced, nobody answers
     started = time.monotonic()
     assert await asyncio.to_thread(b.lane_request, NodeId("a"), "echo", b"", b"x", 5.0) is None
@@ -101,7 +91,7 @@ async def test_an_unanswered_lane_port_falls_back_within_the_probe_time(
 async def test_forged_and_replayed_lane_frames_are_refused_and_never_reach_the_handler(
     start_node: Starter,
 ) -> None:
-    a, b = await pair(start_node)
+    a, b = await start_pair(start_node)
     calls: list[tuple[str, str, bytes]] = []
     a.register_lane_handler("echo", reversing_handler(calls))
     session = b._peer_connections[NodeId("a")].session
@@ -151,7 +141,7 @@ async def test_forged_and_replayed_lane_frames_are_refused_and_never_reach_the_h
 
 
 async def test_a_lost_peer_ends_a_waiting_lane_request(start_node: Starter) -> None:
-    a, b = await pair(start_node)
+    a, b = await start_pair(start_node)
     release = threading.Event()
 
     def slow(sender: NodeId, header: bytes, payload: bytes) -> bytes:

@@ -9,7 +9,6 @@ worker thread, as the scheduler sends them.
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
 
@@ -17,17 +16,9 @@ from language_pipes.network.connections import Header
 from language_pipes.network.peer_network import PeerNetwork
 from language_pipes.network.transport import PeerLink
 from language_pipes.network.types import NodeId
-from support.peers import Starter, wait_until
+from support.peers import Starter, start_pair, wait_until
 
 pytestmark = pytest.mark.asyncio
-
-
-async def pair(start_node: Starter, **options: object) -> tuple[PeerNetwork, PeerNetwork]:
-    key = os.urandom(16)
-    a = await start_node("a", network_key=key, **options)
-    b = await start_node("b", network_key=key, bootstrap=(a,))
-    await wait_until(lambda: "a" in b.records() and "b" in a.records(), what="a and b meeting")
-    return a, b
 
 
 def answer_with_the_transport(a: PeerNetwork, posted: list[bytes]) -> None:
@@ -46,7 +37,7 @@ def answer_with_the_transport(a: PeerNetwork, posted: list[bytes]) -> None:
 
 
 async def test_a_step_takes_the_lane_when_the_peer_offers_one(start_node: Starter) -> None:
-    a, b = await pair(start_node)
+    a, b = await start_pair(start_node)
     answer_with_the_transport(a, [])
     link = PeerLink(b, asyncio.get_running_loop(), NodeId("a"))
     assert await asyncio.to_thread(link.exchange, "step", b"h", b"x", 5.0) == b"lane:x"
@@ -55,7 +46,7 @@ async def test_a_step_takes_the_lane_when_the_peer_offers_one(start_node: Starte
 
 
 async def test_a_step_takes_peer_messages_when_the_peer_has_no_lane(start_node: Starter) -> None:
-    a, b = await pair(start_node, lane_port=None)
+    a, b = await start_pair(start_node, lane_port=None)
     posted: list[bytes] = []
     answer_with_the_transport(a, posted)
     link = PeerLink(b, asyncio.get_running_loop(), NodeId("a"))

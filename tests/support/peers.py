@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -51,3 +52,15 @@ async def start_node() -> AsyncIterator[Starter]:
     yield start
     for network in started:
         await network.stop(announce=False)
+
+
+async def start_pair(start_node: Starter, **options: object) -> tuple[PeerNetwork, PeerNetwork]:
+    """Two nodes on one fresh network key, once they have met: ``a`` answers, ``b`` (the origin) asks.
+
+    ``options`` go to ``a`` only.
+    """
+    key = os.urandom(16)
+    a = await start_node("a", network_key=key, **options)
+    b = await start_node("b", network_key=key, bootstrap=(a,))
+    await wait_until(lambda: "a" in b.records() and "b" in a.records(), what="a and b meeting")
+    return a, b

@@ -9,7 +9,6 @@ kind into the client's words; a peer that writes misleading free text (say
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from language_pipes.network.types import NodeId, PeerRequestFailed, RefusalKind,
 from language_pipes.pipes.frames import KIND_OPEN, encode_sequence_ids
 from language_pipes.pipes.worker import LayerWorker
 from language_pipes.vocabulary import SequenceId
-from support.peers import Starter, wait_until
+from support.peers import Starter, start_pair
 from support.tiny_models import build_tiny_model
 
 MODEL = "tiny/llama"
@@ -35,14 +34,6 @@ MODEL = "tiny/llama"
 def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> ModelSource:
     folder = build_tiny_model("llama", Path(tmp_path_factory.mktemp("tiny")) / "llama")
     return ModelSource.open(folder)
-
-
-async def pair(start_node: Starter) -> tuple[PeerNetwork, PeerNetwork]:
-    key = os.urandom(16)
-    a = await start_node("a", network_key=key)
-    b = await start_node("b", network_key=key, bootstrap=(a,))
-    await wait_until(lambda: "a" in b.records() and "b" in a.records(), what="a and b meeting")
-    return a, b
 
 
 async def refusal_opening(origin: PeerNetwork, max_tokens: int = 8, model: str = MODEL) -> PeerRequestFailed:
@@ -57,7 +48,7 @@ async def refusal_opening(origin: PeerNetwork, max_tokens: int = 8, model: str =
 
 @pytest.mark.asyncio
 async def test_the_worker_sends_each_refusal_as_a_kind(start_node: Starter, tiny_source: ModelSource) -> None:
-    a, b = await pair(start_node)
+    a, b = await start_pair(start_node)
     worker = LayerWorker(a, max_node_jobs=1)
     segment = LayerSegment(tiny_source, 1, 4, torch.float32, torch.device("cpu"))
     segment.kv_budget_bytes = 16 * segment.kv_bytes_per_token
@@ -73,7 +64,7 @@ async def test_the_worker_sends_each_refusal_as_a_kind(start_node: Starter, tiny
 
 @pytest.mark.asyncio
 async def test_a_peers_free_text_never_picks_the_clients_words(start_node: Starter) -> None:
-    a, b = await pair(start_node)
+    a, b = await start_pair(start_node)
 
     async def misleading(sender: NodeId, header: Header, payload: bytes) -> None:
         raise RuntimeError("out of KV memory: max_node_jobs reached (not really)")
