@@ -17,10 +17,9 @@ from language_pipes.tui.config_document import create_config, saved_config_names
 from language_pipes.tui.dashboard import Dashboard
 from language_pipes.tui.menu import LoadConfigScreen, MainMenu
 from support.node_process import free_port
-from support.tui_pilot import click
+from support.tui_pilot import SIZE, app_on_page, click
 
 pytestmark = pytest.mark.asyncio
-SIZE = (130, 48)
 
 # Key widgets each tab must render.
 TAB_WIDGETS = {
@@ -131,11 +130,7 @@ async def test_edits_are_validated_saved_and_reported(tmp_path: Path) -> None:
 
 async def test_the_network_key_can_be_generated_shown_and_removed_with_a_warning(tmp_path: Path) -> None:
     path = tmp_path / "node.toml"
-    path.write_text('node_id = "n"\n')
-    app = LanguagePipesApp(path)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
-        await click(pilot, "#--content-tab-tab-network")
+    async with app_on_page(path, "#--content-tab-tab-network") as (app, pilot):
         await click(pilot, "#network-key-generate")
         key = tomllib.loads(path.read_text())["network_key"]
         assert len(key) == 32
@@ -153,12 +148,7 @@ async def test_the_network_key_can_be_generated_shown_and_removed_with_a_warning
 
 async def test_layer_models_are_added_replaced_and_removed(tmp_path: Path) -> None:
     path = tmp_path / "node.toml"
-    path.write_text('node_id = "n"\n')
-    app = LanguagePipesApp(path)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
-        await click(pilot, "#--content-tab-tab-models")
-        await click(pilot, "#--content-tab-models-layers")
+    async with app_on_page(path, "#--content-tab-tab-models", "#--content-tab-models-layers") as (app, pilot):
         screen = app.screen
         screen.query_one("#layer-model-id", Input).value = "org/model"
         screen.query_one("#layer-memory", Input).value = "-3"

@@ -19,14 +19,12 @@ from language_pipes.models.partial import ModelSource
 from language_pipes.models.quantization import weight_format
 from language_pipes.models.store import ModelStore
 from language_pipes.pipes.placement import layers_that_fit
-from language_pipes.tui.app import LanguagePipesApp
 from language_pipes.tui.layer_estimate import GIGABYTE, estimate_layers
 from language_pipes.tui.tabs.models import DATA_TYPES
 from support.tiny_models import build_tiny_model
-from support.tui_pilot import click
+from support.tui_pilot import app_on_page, click
 
 MODEL = "tiny-org/tiny-llama"
-SIZE = (130, 48)
 # Room for about 2 bf16 layers of the tiny model (weights plus KV headroom each): int8 / int4 fit more.
 BUDGET_LAYERS = 2.5
 
@@ -74,12 +72,7 @@ async def test_the_models_page_offers_int8_and_int4_with_the_layers_that_fit(
     assert {"bfloat16", "int8", "int4"} <= set(DATA_TYPES)
     memory = budget_gigabytes(store)
     path = tmp_path / "node.toml"
-    path.write_text('node_id = "n"\n')
-    app = LanguagePipesApp(path)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
-        await click(pilot, "#--content-tab-tab-models")
-        await click(pilot, "#--content-tab-models-layers")
+    async with app_on_page(path, "#--content-tab-tab-models", "#--content-tab-models-layers") as (app, pilot):
         screen = app.screen
         estimate = screen.query_one("#layer-estimate", Static)
         screen.query_one("#layer-model-id", Input).value = "tiny-org/not-installed"
