@@ -37,6 +37,7 @@ from language_pipes.node import Node
 from language_pipes.pipes.frames import KIND_STEP, decode_step
 from language_pipes.vocabulary import ModelId, SequenceId
 from support.cluster import DEFAULT_MODEL, ReferenceModel, model_folder, new_network_key
+from support.in_process_pipe import layer_only_node, start_pipe
 from support.node_process import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -88,30 +89,9 @@ async def run(
             }
         )
     )
-    layer = Node(
-        parse_config(
-            {
-                "node_id": "middle",
-                "peer_port": free_port(),
-                "network_key": key,
-                "layer_models": [{"model_id": DEFAULT_MODEL, "memory": 2}],
-                "bootstrap_nodes": [{"address": "127.0.0.1", "port": origin_peer_port}],
-                "torch_threads": 1,
-            }
-        )
-    )
+    layer = layer_only_node("middle", key, origin_peer_port)
     try:
-        await origin.start()
-        await layer.start()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 300
-        while not origin.servable_models():
-            assert loop.time() < deadline, "the two in-process nodes never formed a pipe"
-            await asyncio.sleep(0.2)
-        assert origin.config.job_port is not None
-        client = AsyncOpenAI(
-            base_url=f"http://127.0.0.1:{origin.config.job_port}/v1", api_key="unused", max_retries=0
-        )
+        client = await start_pipe(origin, layer)
         completion = await client.chat.completions.create(
             model=DEFAULT_MODEL,
             messages=MESSAGES,  # type: ignore[arg-type]

@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from openai import AsyncOpenAI
 
 from language_pipes.config import parse_config
 from language_pipes.network.lanes import RequestPrefix, ServerLane
@@ -31,6 +30,7 @@ from language_pipes.node import Node
 from language_pipes.pipes.frames import KIND_OPEN, KIND_RELEASE, KIND_STEP, decode_sequence_ids, decode_step
 from language_pipes.vocabulary import ModelId
 from support.cluster import DEFAULT_MODEL, new_network_key
+from support.in_process_pipe import layer_only_node, start_pipe
 from support.node_process import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -100,26 +100,9 @@ async def run(tmp_path_factory: pytest.TempPathFactory, model_store_dir: Path) -
             }
         )
     )
-    layer = Node(
-        parse_config(
-            {
-                "node_id": LAYER_NODE,
-                "peer_port": free_port(),
-                "network_key": key,
-                "layer_models": [{"model_id": DEFAULT_MODEL, "memory": 2}],
-                "bootstrap_nodes": [{"address": "127.0.0.1", "port": origin_peer_port}],
-                "torch_threads": 1,
-            }
-        )
-    )
+    layer = layer_only_node(LAYER_NODE, key, origin_peer_port)
     try:
-        await origin.start()
-        await layer.start()
-        await _wait_until_servable(origin)
-        assert origin.config.job_port is not None
-        client = AsyncOpenAI(
-            base_url=f"http://127.0.0.1:{origin.config.job_port}/v1", api_key="unused", max_retries=0
-        )
+        client = await start_pipe(origin, layer)
         messages = [{"role": "user", "content": SECRET}]
         completion = await client.chat.completions.create(
             model=DEFAULT_MODEL,
@@ -145,14 +128,6 @@ async def run(tmp_path_factory: pytest.TempPathFactory, model_store_dir: Path) -
         await layer.stop()
         await origin.stop()
         patch.undo()
-
-
-async def _wait_until_servable(origin: Node, timeout: float = 300) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not origin.servable_models():
-        assert loop.time() < deadline, "the two in-process nodes never formed a pipe"
-        await asyncio.sleep(0.2)
 
 
 def _as_bytes(header: dict[str, Any] | bytes) -> bytes:
