@@ -22,6 +22,7 @@ from torch import nn
 
 from language_pipes.models.attention import PackedLayout
 from language_pipes.models.fusion import fuse_projections
+from language_pipes.models.heap import loading_heap
 from language_pipes.models.invariance import make_batch_invariant
 from language_pipes.models.kv_cache import SequenceCache
 from language_pipes.models.partial import ModelSource
@@ -75,15 +76,16 @@ class LayerSegment:
         self.family = source.family
         self.start, self.end = start, end
         self.dtype, self.device = dtype, device
-        self.layers = nn.ModuleList(
-            [source.load_module(f"model.layers.{i}", dtype, device) for i in range(start, end)]
-        )
+        with loading_heap():  # the copies made while loading leave RSS when freed
+            self.layers = nn.ModuleList(
+                [source.load_module(f"model.layers.{i}", dtype, device) for i in range(start, end)]
+            )
+            if not batch_invariant:  # batch-invariant mode pads single rows per nn.Linear: no fusing
+                for layer in self.layers:
+                    fuse_projections(layer)
         self.batch_invariant = batch_invariant
         if batch_invariant:
             make_batch_invariant(self.layers)
-        else:  # batch-invariant mode pads single rows per nn.Linear, so it keeps them separate
-            for layer in self.layers:
-                fuse_projections(layer)
         self.rotary = source.rotary(device)
         self._caches: dict[SequenceId, SequenceCache] = {}
         self._last_used: dict[SequenceId, float] = {}
