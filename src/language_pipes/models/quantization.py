@@ -287,8 +287,19 @@ def quantize_int4(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
     else:
         pairs = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8).to(weight.device)
-        packed = torch.ops.aten._convert_weight_to_int4pack(pairs, 8)
+        packed = torch.ops.aten._convert_weight_to_int4pack(pairs, cuda_inner_k_tiles(weight.shape[1]))
     return packed, scales_and_zeros.to(weight.device)
+
+
+def cuda_inner_k_tiles(in_features: int) -> int:
+    """The CUDA tinygemm layout's inner K tiles (8, 4 or 2, each 16 columns) that divide the width.
+
+    8 needs a width divisible by 128, which the default model's 576 is not (4 fits it).
+    """
+    for tiles in (8, 4, 2):
+        if in_features % (16 * tiles) == 0:
+            return tiles
+    raise QuantizationError(f"cannot pack a width of {in_features} for CUDA tinygemm (not a multiple of 32)")
 
 
 def dequantize_int4(weight: torch.Tensor, group: int) -> torch.Tensor:
