@@ -169,7 +169,10 @@ def _own_tensors(module: nn.Module) -> None:
     keeps only the rows of the tokens looked up resident.
     """
     with one_thread():  # a copy on a loading thread must not start an OpenMP team there
-        owned = {name: tensor.clone() for name, tensor in module.state_dict(keep_vars=True).items()}
+        owned = {
+            name: tensor.clone() if tensor.device.type == "cpu" else tensor  # off CPU: copied already
+            for name, tensor in module.state_dict(keep_vars=True).items()
+        }
     module.load_state_dict(owned, strict=True, assign=True)
 
 
