@@ -336,7 +336,7 @@ class Scheduler:
                 due.append((sequence, chunk[len(chunk) - drafted :]))
         if not due:
             return
-        logits = self.end_model.logits(hidden[0, due_rows])
+        logits = self.end_model.logits(hidden[0, due_rows], decode_rows=any(draft for _, draft in due))
         first = 0
         for sequence, draft in due:
             rows = logits[first : first + len(draft) + 1]
