@@ -40,7 +40,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from language_pipes import paths  # noqa: E402
 from language_pipes.engine.speculation import PromptLookup  # noqa: E402
-from language_pipes.models import attention  # noqa: E402
 from language_pipes.models.segment import SegmentBatch  # noqa: E402
 from language_pipes.pipes.frames import tensor_bytes, tensor_from_bytes  # noqa: E402
 from language_pipes.vocabulary import SequenceId  # noqa: E402
@@ -83,22 +82,20 @@ def main() -> None:
     feed = prompt[-20:]  # any tokens: only their count matters here
 
     def origin(rows: int) -> None:
-        batch = SegmentBatch((sequence,), (past,), (rows,))
+        batch = SegmentBatch((sequence,), (past,), (rows,), decode_runs=(rows > 1,))
         out = end.local_layers.forward(end.embed(feed[:rows]), batch)
         end.logits(out[0], decode_rows=rows > 1)
 
-    def staged(rows: int) -> Callable[[], None]:
+    def staged(rows: int, decode_run: bool = True) -> Callable[[], None]:
         states = torch.randn(1, rows, end.config.hidden_size).to(torch.bfloat16)
-        return lambda: stage.forward(states, SegmentBatch((sequence,), (past,), (rows,)))
+        batch = SegmentBatch((sequence,), (past,), (rows,), decode_runs=(decode_run and rows > 1,))
+        return lambda: stage.forward(states, batch)
 
-    row_by_row = attention.is_decode_run
     table = []
     for rows in ROWS:
         entry = {"rows": rows, "origin_ms": median_ms(lambda rows=rows: origin(rows), args.repeats)}
         entry["stage_ms"] = median_ms(staged(rows), args.repeats)
-        attention.is_decode_run = lambda past, length: False  # type: ignore[assignment]
-        entry["stage_prefill_like_ms"] = median_ms(staged(rows), args.repeats)
-        attention.is_decode_run = row_by_row
+        entry["stage_prefill_like_ms"] = median_ms(staged(rows, decode_run=False), args.repeats)
         states = torch.randn(1, rows, end.config.hidden_size).to(torch.bfloat16)
         entry["serialise_ms"] = median_ms(
             lambda states=states: tensor_from_bytes(tensor_bytes(states), torch.bfloat16, states.shape[-1]),

@@ -1,7 +1,8 @@
 """Default mode: verified drafts compute exactly what plain one-row decode steps compute.
 
 A verification step feeds a sequence's last token and its drafts as one
-short chunk (a decode run). Its rows must carry the same bits as the decode
+chunk marked as a decode run (a prefill chunk is not one: transformers'
+chunked prefill computes its rows together, and so do we). Its rows must carry the same bits as the decode
 steps they replace, or greedy output with speculation leaves transformers'
 one-process output at near-ties. bf16 on AVX2 needs attention row by row
 (SDPA over several query rows rounds differently); fp32 (and bf16 on
@@ -66,7 +67,7 @@ def test_a_decode_run_equals_its_decode_steps_bit_for_bit(folder: Path, dtype: t
         for name, feed in ((plain, None), (verifying, run_tokens)):
             segment.forward(end.embed(prompt), SegmentBatch((name,), (0,), (past,)))
             if feed is not None:
-                verified = segment.forward(end.embed(feed), SegmentBatch((name,), (past,), (RUN,)))
+                verified = segment.forward(end.embed(feed), SegmentBatch((name,), (past,), (RUN,), (True,)))
         for offset, token in enumerate(run_tokens):
             rows.append(segment.forward(end.embed([token]), SegmentBatch((plain,), (past + offset,), (1,))))
         assert torch.equal(verified, torch.cat(rows, dim=1)), f"{past} cached tokens"
@@ -84,7 +85,8 @@ def test_decode_runs_beside_a_prefill_chunk_keep_every_row_in_place(folder: Path
     for name in (short, long):
         segment.forward(end.embed(PROMPTS[0]), SegmentBatch((name,), (0,), (len(PROMPTS[0]),)))
     feeds = [[5, 6, 7], [8, 9, 10, 11, 12], PROMPTS[1]]
-    batch = SegmentBatch((short, long, prefill), (len(PROMPTS[0]),) * 2 + (0,), tuple(map(len, feeds)))
+    starts = (len(PROMPTS[0]),) * 2 + (0,)
+    batch = SegmentBatch((short, long, prefill), starts, tuple(map(len, feeds)), (True, True, False))
     packed = segment.forward(end.embed([t for feed in feeds for t in feed]), batch)
     offsets = [0, 3, 8]
     for name, feed, offset in zip((short, long, prefill), feeds, offsets, strict=True):
@@ -92,7 +94,9 @@ def test_decode_runs_beside_a_prefill_chunk_keep_every_row_in_place(folder: Path
         if name != prefill:
             segment.forward(end.embed(PROMPTS[0]), SegmentBatch((name,), (0,), (len(PROMPTS[0]),)))
         start = 0 if name == prefill else len(PROMPTS[0])
-        alone = segment.forward(end.embed(feed), SegmentBatch((name,), (start,), (len(feed),)))
+        alone = segment.forward(
+            end.embed(feed), SegmentBatch((name,), (start,), (len(feed),), (name != prefill,))
+        )
         torch.testing.assert_close(packed[:, offset : offset + len(feed)], alone, rtol=1e-5, atol=1e-5)
         assert segment._caches[name].length == start + len(feed)
         segment.release(name)

@@ -6,8 +6,8 @@ attention modules compute queries, keys and values (rotary, q/k norms and all)
 and then call the attention function registered as ``language_pipes``, which
 splits the pack per sequence, appends to that sequence's cache and runs SDPA.
 
-A short step that continues a sequence (a decode run: the rows speculation
-verifies) attends row by row, because SDPA over several query rows rounds
+A decode run (a sequence's last token and the drafts speculation verifies
+after it, marked as such in the step) attends row by row, because SDPA over several query rows rounds
 differently from one-row decode steps in bf16 (seen on AVX2): verified tokens
 are then exactly what plain decoding would have computed.
 """
@@ -24,10 +24,6 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from language_pipes.models.kv_cache import SequenceCache
 
 ATTENTION_NAME = "language_pipes"
-# A step that continues a sequence with at most this many rows is a decode run: the sequence's next
-# token and up to 32 tokens drafted after it (engine/speculation.py, `speculation_max_tokens` <= 32).
-# Its rows attend one at a time, each exactly as the lone decode step at its position would.
-DECODE_RUN_ROWS = 33
 
 
 @dataclass(frozen=True)
@@ -38,6 +34,12 @@ class PackedLayout:
     lengths: tuple[int, ...]
     # Batch-invariant mode (models/invariance.py): each sequence attends on its own, as when alone.
     batch_invariant: bool = False
+    # Per sequence: its rows are a decode run (SegmentBatch.decode_runs); empty means none is.
+    decode_runs: tuple[bool, ...] = ()
+
+    def row_by_row(self, index: int) -> bool:
+        """Whether sequence ``index`` attends one query row at a time."""
+        return self.batch_invariant or (bool(self.decode_runs) and self.decode_runs[index])
 
 
 def _mask(query_length: int, past: int, window: int | None, device: torch.device) -> torch.Tensor | None:
@@ -54,11 +56,6 @@ def _mask(query_length: int, past: int, window: int | None, device: torch.device
     if needs_window:
         allowed &= key_positions > query_positions - window
     return allowed[None, None]
-
-
-def is_decode_run(past: int, length: int) -> bool:
-    """Whether ``length`` rows after ``past`` cached ones are several decode steps in one (verification)."""
-    return past > 0 and 1 < length <= DECODE_RUN_ROWS
 
 
 def packed_attention(
@@ -91,7 +88,7 @@ def packed_attention(
         layer_cache = cache.layers[module.layer_idx]
         past = layer_cache.length
         keys, values = layer_cache.append(key[:, :, start:end], value[:, :, start:end])
-        if layout.batch_invariant or is_decode_run(past, length):
+        if layout.row_by_row(index):
             outputs[index] = _row_by_row_attention(
                 module, query[:, :, start:end], keys, values, past, window, scaling, softcap
             )

@@ -107,7 +107,9 @@ class EndModel:
             hidden = hidden.to(device=self.device, dtype=self.dtype)
             normed = self.norm(hidden)
             if decode_rows and self.head_rows_apart:
-                logits = torch.cat([self.head(normed[row : row + 1]) for row in range(normed.shape[0])]).float()
+                logits = torch.cat(
+                    [self.head(normed[row : row + 1]) for row in range(normed.shape[0])]
+                ).float()
             else:
                 logits = self.head(normed).float()
             return self.source.family.finish_logits(self.config, logits)

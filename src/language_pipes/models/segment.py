@@ -9,9 +9,10 @@ reserves a sequence's KV memory for its maximum length up front and refuses
 what the budget cannot cover; steps then stay within that length and the
 model's context, so the caches never grow past the budget.
 
-A decode run (a continuing sequence's few rows: speculative verification)
-must compute each row as a one-row decode step would. Attention sees to that
-row by row (models/attention.py); where the linear layers' kernels round one
+A decode run (a sequence's last token and its drafts: speculative
+verification, marked in :class:`SegmentBatch`) must compute each row as a
+one-row decode step would. Attention sees to that row by row
+(models/attention.py); where the linear layers' kernels round one
 row differently from several (:func:`linear_rows_independent`), the segment
 also runs such a step as consecutive one-row steps.
 """
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from language_pipes.models.attention import PackedLayout, is_decode_run
+from language_pipes.models.attention import PackedLayout
 from language_pipes.models.fusion import fuse_projections
 from language_pipes.models.invariance import linear_rows_independent, make_batch_invariant
 from language_pipes.models.kv_cache import SequenceCache
@@ -43,6 +44,13 @@ class SegmentBatch:
     sequence_ids: tuple[SequenceId, ...]
     start_positions: tuple[int, ...]
     lengths: tuple[int, ...]
+    # Per sequence: its rows are a decode run, i.e. its last token and the drafts speculation
+    # verifies after it, each to be computed as the one-row decode step it stands for (a prefill
+    # chunk computes its rows together). Empty: no sequence's rows are.
+    decode_runs: tuple[bool, ...] = ()
+
+    def decode_run(self, index: int) -> bool:
+        return bool(self.decode_runs) and self.decode_runs[index]
 
     @property
     def total_tokens(self) -> int:
@@ -124,10 +132,7 @@ class LayerSegment:
         if start == end:
             return hidden
         self._check_batch(hidden, batch)
-        if self.split_decode_runs and any(
-            is_decode_run(position, length)
-            for position, length in zip(batch.start_positions, batch.lengths, strict=True)
-        ):
+        if self.split_decode_runs and any(batch.decode_runs):
             return self._forward_row_by_row(hidden, batch, start, end)
         return self._forward(hidden, batch, start, end)
 
@@ -140,7 +145,7 @@ class LayerSegment:
         run's first row; sub-step ``j`` carries row ``j`` of the runs that long.
         """
         offsets = [sum(batch.lengths[:i]) for i in range(len(batch.lengths))]
-        runs = [is_decode_run(p, n) for p, n in zip(batch.start_positions, batch.lengths, strict=True)]
+        runs = [batch.decode_run(i) for i in range(len(batch.lengths))]
         output = torch.empty_like(hidden, device=self.device, dtype=self.dtype)
         for row in range(max(n for n, run in zip(batch.lengths, runs, strict=True) if run)):
             members = [
@@ -165,7 +170,12 @@ class LayerSegment:
         )
         hidden = hidden.to(device=self.device, dtype=self.dtype)
         position_ids = batch.position_ids(self.device)
-        layout = PackedLayout(caches=caches, lengths=batch.lengths, batch_invariant=self.batch_invariant)
+        layout = PackedLayout(
+            caches=caches,
+            lengths=batch.lengths,
+            batch_invariant=self.batch_invariant,
+            decode_runs=batch.decode_runs,
+        )
         layers = self.layers[start - self.start : end - self.start]
         with torch.inference_mode():
             embeddings = self.family.position_embeddings(
@@ -217,6 +227,8 @@ class LayerSegment:
             raise StepOutOfBoundsError("a step needs at least one sequence")
         if len(set(batch.sequence_ids)) != len(batch.sequence_ids):
             raise StepOutOfBoundsError("a step lists a sequence twice")
+        if batch.decode_runs and len(batch.decode_runs) != len(batch.sequence_ids):
+            raise StepOutOfBoundsError("a step marks decode runs for some of its sequences only")
         if any(length < 1 for length in batch.lengths):
             raise StepOutOfBoundsError("every sequence in a step needs at least one token")
         if hidden.dim() != 3 or hidden.shape[1] != batch.total_tokens:
