@@ -243,7 +243,7 @@ class NodeConfig(_StrictModel):
     # Speculative decoding on the origin (engine/speculation.py): drafts from the conversation, verified
     # in one step through the pipe; at most speculation_max_tokens drafted tokens per step. The
     # verified rows are computed as the one-row decode steps they stand for (models/segment.py), so
-    # greedy output is the same with or without it.
+    # a lone request's greedy output is the same with or without it (under load too with batch_invariant).
     speculation: bool = False
     speculation_max_tokens: int = Field(default=6, ge=1, le=32)
     # Micro-batches an origin keeps in flight through a pipe that reaches other machines (one thread each).
