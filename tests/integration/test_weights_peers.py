@@ -54,6 +54,8 @@ async def test_fetches_only_the_needed_layers_from_both_peers(start_node: Starte
     assert held_tensors(folder) == wanted
     assert fetched < manifest.total_bytes() / 2
     assert set(fetcher.progress[TINY_MODEL].by_peer) == {"a", "b"}  # both peers sent pieces
+    line = fetcher.progress[TINY_MODEL].line()  # what the TUI's Models page shows
+    assert line.startswith(f"{TINY_MODEL}: done,") and "MB/s from a (" in line and ", b (" in line
     reader = WeightReader(folder)
     original = WeightReader(reference.local_path(TINY_MODEL))
     got = reader.read(reader.names_with_prefix(LAYER_TWO), torch.float32, torch.device("cpu"))

@@ -28,6 +28,7 @@ from language_pipes.network.peer_network import PeerNetwork
 from language_pipes.network.types import NetworkError, NodeId, PeerUnavailableError
 from language_pipes.weights.journal import Journal, held_tensors, write_held_tensors, write_stored_manifest
 from language_pipes.weights.manifest import Manifest, ManifestError, Piece, parse_manifest, pieces_for
+from language_pipes.weights.progress import MEGABYTE, FetchProgress
 from language_pipes.weights.serve import KIND_MANIFEST, KIND_PIECE
 
 log = logging.getLogger(__name__)
@@ -41,38 +42,10 @@ PEER_WAIT_S = 30.0
 BUSY_BACKOFF_S = 0.05
 PEER_RETRY_S = 0.5
 PEER_RETRY_MAX_S = 4.0
-MEGABYTE = 1_000_000
 
 
 class PeerFetchError(ModelStoreError):
     """The model could not be fetched from peers; the message says why."""
-
-
-@dataclass
-class FetchProgress:
-    """How far one model's fetch has got; shown on the console, the TUI and the node's status."""
-
-    model_id: str
-    total_bytes: int = 0
-    done_bytes: int = 0
-    reused_bytes: int = 0
-    by_peer: Counter[str] = field(default_factory=Counter)
-    bad_by_peer: Counter[str] = field(default_factory=Counter)
-    state: str = "asking peers"
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def rate_bytes_per_s(self) -> float:
-        elapsed = time.monotonic() - self.started
-        return self.done_bytes / elapsed if elapsed > 0 else 0.0
-
-    def line(self) -> str:
-        peers = ", ".join(sorted(self.by_peer)) or "-"
-        return (
-            f"{self.model_id}: {self.state}, {(self.done_bytes + self.reused_bytes) / MEGABYTE:.1f}"
-            f"/{self.total_bytes / MEGABYTE:.1f} MB at {self.rate_bytes_per_s / MEGABYTE:.1f} MB/s"
-            f" from {peers}"
-        )
 
 
 @dataclass
@@ -362,6 +335,7 @@ class _Run:
         self.progress.by_peer[peer] += piece.size
         self.fetcher.fetched_pieces.append((piece.key, peer))
         self.fetcher.bytes_fetched += piece.size
+        self.bar.set_postfix_str(self.progress.sources(), refresh=False)
         self.bar.update(piece.size)
         log.info(
             "piece %s %s (%d bytes) of %s from %s", piece.key, piece.tensor or "", piece.size, model_id, peer
