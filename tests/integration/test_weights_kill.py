@@ -29,7 +29,7 @@ from language_pipes.weights.manifest import build_manifest, pieces_for, tensor_n
 from language_pipes.weights.provider import ModelWeights
 from language_pipes.weights.serve import WeightServer
 from support.peers import Starter, wait_until
-from support.weight_peers import TEST_BLOCK_BYTES, TINY_MODEL, serving_peer, tiny_store
+from support.weight_peers import TEST_BLOCK_BYTES, TINY_MODEL, closed_port_url, serving_peer, tiny_store
 
 TESTS_DIR = Path(__file__).resolve().parents[1]  # so the child, run as a script, imports support too
 # The serving peer's rate: the whole tiny model takes about this many seconds, so the kill lands mid-way.
@@ -81,6 +81,13 @@ class FetchingProcess:
             if process.returncode is None:
                 process.kill()
                 await process.wait()
+
+
+@pytest.fixture(autouse=True)
+def unreachable_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child asks no real hub: HF_ENDPOINT points where nothing listens."""
+    monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
 
 @pytest_asyncio.fixture
