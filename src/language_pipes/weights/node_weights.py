@@ -3,7 +3,7 @@
 :class:`NodeWeights` is what :class:`~language_pipes.node.Node` holds of this package: the
 fetcher, the model folders (:class:`~language_pipes.weights.provider.ModelWeights`) and,
 unless ``weights_serve_bytes_per_s`` is 0, the server. Every placement goes through it the
-same way, at start-up and later (a layer model loaded while running, after a gap opened):
+same way, at start-up and later (a layer model loaded while running, say into a gap):
 :meth:`planning_source` opens a folder to plan with, :meth:`hosting_source` makes the folder
 hold the tensors of the modules placement chose, fetching from peers what is missing, and
 :meth:`load_end_model` / :meth:`load_layers` load them from it.
