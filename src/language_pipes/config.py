@@ -241,10 +241,9 @@ class NodeConfig(_StrictModel):
     log_level: LogLevel = "info"
     batch_invariant: bool = False
     # Speculative decoding on the origin (engine/speculation.py): drafts from the conversation, verified
-    # in one step through the pipe; at most speculation_max_tokens drafted tokens per step. Off by
-    # default: verifying several rows in one step rounds like a prefill chunk, so in default mode a
-    # near-tie can flip a greedy token against transformers' one-row decode (bit-exact with
-    # batch_invariant).
+    # in one step through the pipe; at most speculation_max_tokens drafted tokens per step. The
+    # verified rows are computed as the one-row decode steps they stand for (models/segment.py), so
+    # a lone request's greedy output is the same with or without it (under load too with batch_invariant).
     speculation: bool = False
     speculation_max_tokens: int = Field(default=6, ge=1, le=32)
     # Micro-batches an origin keeps in flight through a pipe that reaches other machines (one thread each).

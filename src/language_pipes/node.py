@@ -35,21 +35,15 @@ from language_pipes.network.peer_network import PeerNetwork
 from language_pipes.network.pins import known_nodes_file
 from language_pipes.network.types import HostedSegment, NodeId
 from language_pipes.node_metrics import model_states
-from language_pipes.pipes.placement import KV_HEADROOM_TOKENS, LayerSpan, choose_span, layers_that_fit
+from language_pipes.pipes.placement import KV_HEADROOM_TOKENS, choose_span, covered_spans, layers_that_fit
 from language_pipes.pipes.remote import RemoteSegment
 from language_pipes.pipes.route import LocalHop, Route, SegmentRunner
 from language_pipes.pipes.route_table import RouteTable, plan_hops
 from language_pipes.pipes.routing import Hop
 from language_pipes.pipes.worker import LayerWorker
 from language_pipes.vocabulary import ModelId
-from language_pipes.weights.fetch import WeightFetcher
-from language_pipes.weights.provider import (
-    ModelWeights,
-    end_model_modules,
-    layer_modules,
-    tensors_for_modules,
-)
-from language_pipes.weights.serve import WeightServer
+from language_pipes.weights.node_weights import NodeWeights
+from language_pipes.weights.provider import end_model_modules, layer_modules
 
 log = logging.getLogger("language_pipes.node")
 
@@ -97,20 +91,15 @@ class Node:
             pins_file=known_nodes_file(config.node_id),
         )
         self.worker = LayerWorker(self.network, config.max_node_jobs)
-        # Weights from peers (language_pipes.weights): this node fetches what it lacks and serves
-        # what it hosts, within its bandwidth and concurrency limits.
-        self.weight_fetcher = WeightFetcher(self.network)
-        self.weights = ModelWeights(self.store, self.weight_fetcher)
-        self.weight_server = (
-            WeightServer(
-                self.network,
-                self.store,
-                lambda: {str(model_id) for model_id in self.models},
-                bytes_per_s=config.weights_serve_bytes_per_s,
-                concurrency=config.weights_serve_concurrency,
-            )
-            if config.weights_serve_bytes_per_s > 0
-            else None
+        # Weights from peers: this node fetches what it lacks and serves what it hosts.
+        self.weights = NodeWeights(
+            self.network,
+            self.store,
+            lambda: {str(model_id) for model_id in self.models},
+            model_source=config.model_source,
+            serve_bytes_per_s=config.weights_serve_bytes_per_s,
+            serve_concurrency=config.weights_serve_concurrency,
+            batch_invariant=config.batch_invariant,
         )
         self.network.on_peer_lost(self._on_peer_lost)
         self.network.on_records_changed(lambda: self.routes.retire_stale(self.network.records()))
@@ -133,12 +122,12 @@ class Node:
             await self._load_end_model(end_entry)
         self._publish_record()
         for entry in self.config.layer_models:
-            await self._load_layer_model(entry)
+            await self.load_layer_model(entry)
         self.worker.start()
         self._start_schedulers()
         self._tasks.append(asyncio.create_task(self._report_load()))
-        if self.weight_server is not None:
-            self._tasks.append(asyncio.create_task(self.weight_server.prepare([str(m) for m in self.models])))
+        if (preparing := self.weights.start_serving([str(m) for m in self.models])) is not None:
+            self._tasks.append(preparing)
         if self.config.job_port is not None:
             app = create_app(
                 self,
@@ -204,25 +193,15 @@ class Node:
     async def _planning_source(self, entry: EndModelConfig | LayerModelConfig) -> ModelSource:
         """An opened model to plan with: the hosted one, else a folder with its config and headers."""
         hosted = self.models.get(ModelId(entry.model_id))
-        if hosted is not None:
-            return hosted.source
-        source = entry.model_source or self.config.model_source
-        folder = await self.weights.planning_folder(entry.model_id, source, entry.manifest_sha256)
-        return await asyncio.to_thread(ModelSource.open, folder)
+        return hosted.source if hosted is not None else await self.weights.planning_source(entry)
 
     async def _hosted_with(
         self, entry: EndModelConfig | LayerModelConfig, planning: ModelSource, modules: list[str]
     ) -> HostedModel:
         """The hosted model, its folder holding each tensor of ``modules`` (fetched from peers if need be)."""
-        tensors = tensors_for_modules(planning.reader, modules)
-        folder = await self.weights.ensure_tensors(
-            entry.model_id, planning.folder, tensors, entry.manifest_sha256
-        )
+        source = await self.weights.hosting_source(entry, planning, modules)
         key = ModelId(entry.model_id)
         if key not in self.models:
-            source = (
-                planning if folder == planning.folder else await asyncio.to_thread(ModelSource.open, folder)
-            )
             self.models[key] = HostedModel(key, source)
         return self.models[key]
 
@@ -230,74 +209,35 @@ class Node:
         planning = await self._planning_source(entry)
         modules = end_model_modules(planning.num_layers, entry.num_local_layers, entry.num_local_last_layers)
         hosted = await self._hosted_with(entry, planning, modules)
-        await asyncio.to_thread(self._build_end_model, hosted, entry)
+        hosted.end_model = await self.weights.load_end_model(entry, hosted.source)
 
-    def _build_end_model(self, hosted: HostedModel, entry: EndModelConfig) -> None:
-        log.info(
-            "loading end model %s (%d first and %d last local layers) on %s",
-            entry.model_id,
-            entry.num_local_layers,
-            entry.num_local_last_layers,
-            entry.device,
-        )
-        weights = weight_format(entry.data_type, entry.device)
-        hosted.end_model = EndModel(
-            entry.model_id,
-            hosted.source.folder,
-            num_local_layers=entry.num_local_layers,
-            num_local_last_layers=entry.num_local_last_layers,
-            dtype=weights.activation_dtype,
-            device=entry.device,
-            source=hosted.source,
-            batch_invariant=self.config.batch_invariant,
-            weights=weights,
-        )
-
-    async def _load_layer_model(self, entry: LayerModelConfig) -> None:
+    async def load_layer_model(self, entry: LayerModelConfig) -> None:
+        """Place one layer model (at start-up or while running), fetch and load it, host and advertise it."""
         planning = await self._planning_source(entry)
         weights = weight_format(entry.data_type, entry.device)
         dtype, planned = weights.activation_dtype, planning.with_weights(weights)
+        # Packed layer sizes for int8 / int4.
         capacity = layers_that_fit(
-            entry.memory * GIGABYTE,
-            planned.layer_nbytes(dtype),  # packed sizes for int8 / int4
-            planning.kv_bytes_per_token(dtype),
+            entry.memory * GIGABYTE, planned.layer_nbytes(dtype), planning.kv_bytes_per_token(dtype)
         )
         end_model = self.models[ModelId(entry.model_id)].end_model if entry.model_id in self.models else None
         shared = end_model.shared_layers if end_model is not None else None
         first = shared.start if shared is not None else DEFAULT_FIRST_SHARED_LAYER
         last = shared.stop if shared is not None else planning.num_layers
-        span = choose_span(last, first, self._covered(entry.model_id), capacity)
+        span = choose_span(last, first, covered_spans(self.network.records(), entry.model_id), capacity)
         if span is None:
-            log.warning(
-                "layer model %s: nothing to host (%.2f GB fits %d layers)",
-                entry.model_id,
-                entry.memory,
-                capacity,
-            )
+            fits = f"{entry.memory:.2f} GB fits {capacity} layers"
+            log.warning("layer model %s: nothing to host (%s)", entry.model_id, fits)
             return
         # Claimed before fetching or loading, so nodes placing at the same time pick other layers.
         claim = HostedSegment(entry.model_id, span.start, span.end, loaded=False, data_type=weights.name)
         self._publish_record(claiming=claim)
         hosted = await self._hosted_with(entry, planning, layer_modules(span.start, span.end))
-        source = hosted.source.with_weights(weights)
-        log.info("loading layers %d-%d of %s on %s", span.start, span.end - 1, entry.model_id, entry.device)
-        segment = await asyncio.to_thread(
-            LayerSegment,
-            source,
-            span.start,
-            span.end,
-            dtype,
-            torch.device(entry.device),
-            self.config.batch_invariant,
-        )
+        segment = await self.weights.load_layers(entry, hosted.source, weights, span.start, span.end)
         segment.kv_budget_bytes = KV_HEADROOM_TOKENS * hosted.source.kv_bytes_per_token(dtype) * len(span)
         hosted.segments.append(segment)
         self.worker.host(entry.model_id, segment)
         self._publish_record()
-
-    async def load_layer_model(self, entry: LayerModelConfig) -> None:
-        """Load one layer model while running: place it, load it, host it and advertise it."""
-        await self._load_layer_model(entry)
 
     async def unload_layer_model(self, model_id: str) -> None:
         """Stop hosting ``model_id``'s segments while running; origins move the sequences held on them."""
@@ -320,15 +260,6 @@ class Node:
             del self.models[hosted.model_id]
         self._publish_record()
         log.info("unloaded layers of %s", model_id)
-
-    def _covered(self, model_id: str) -> list[LayerSpan]:
-        """Layers the network already hosts, private last layers of end models included."""
-        return [
-            LayerSpan(segment.start_layer, segment.end_layer)
-            for record in self.network.records().values()
-            for segment in record.segments
-            if segment.model_id == model_id
-        ]
 
     def _publish_record(self, claiming: HostedSegment | None = None) -> None:
         segments = [

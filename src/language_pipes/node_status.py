@@ -28,6 +28,9 @@ class ActiveJob:
     prompt_tokens: int
     prefilled_tokens: int
     generated_tokens: int
+    # Speculative decoding: tokens drafted for this request so far, and drafts the model accepted.
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
     @property
     def prefill_fraction(self) -> float:
@@ -94,6 +97,7 @@ def active_jobs(node: Node) -> list[ActiveJob]:
             if sequence.finished:
                 continue
             prompt = len(sequence.request.prompt_token_ids)
+            drafts = sequence.speculation
             jobs.append(
                 ActiveJob(
                     sequence_id=str(sequence.sequence_id),
@@ -101,6 +105,8 @@ def active_jobs(node: Node) -> list[ActiveJob]:
                     prompt_tokens=prompt,
                     prefilled_tokens=min(sequence.fed, prompt),
                     generated_tokens=len(sequence.generated),
+                    drafted_tokens=drafts.drafted if drafts is not None else 0,
+                    accepted_tokens=drafts.accepted if drafts is not None else 0,
                 )
             )
     return jobs

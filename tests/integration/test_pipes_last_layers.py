@@ -7,12 +7,13 @@ it receives must stop at layer 28 (so the final hidden states never cross the
 wire), and greedy output must still equal transformers in one process.
 
 Then the same pipe turns mixed: the layer node swaps its bf16 layers for int8
-ones while running (the end node stays bf16, hidden states cross in bf16).
-The reference is honest about what int8 changes: the very same weights (the
-origin's bf16 end model and the int8 layers the layer node quantized while
-loading) called directly in one process, greedily, with no network, scheduler
-or API between them; the pipe's output must equal it token for token. (How
-far int8 is from bf16 is measured by benchmarks/, not asserted here.)
+ones while running, then for int4 ones (the end node stays bf16, hidden states
+cross in bf16). The reference is honest about what quantizing changes: the very
+same weights (the origin's bf16 end model and the layers the layer node
+quantized while loading) called directly in one process, greedily, with no
+network, scheduler or API between them; the pipe's output must equal it token
+for token. (How far int8 and int4 are from bf16 is measured by benchmarks/, not
+asserted here.)
 """
 
 from __future__ import annotations
@@ -140,27 +141,29 @@ async def test_greedy_output_still_equals_transformers(run: LastLayersRun, model
 
 
 @dataclass
-class Int8Run:
+class QuantizedRun:
+    data_type: str
     text: str
     completion_tokens: int
     finish_reason: str
 
 
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def int8_run(run: LastLayersRun) -> Int8Run:
-    """The layer node reloads its layers as int8; the same request goes through the mixed pipe."""
+@pytest_asyncio.fixture(loop_scope="module", scope="module", params=["int8", "int4"])
+async def quantized_run(run: LastLayersRun, request: pytest.FixtureRequest) -> QuantizedRun:
+    """The layer node reloads its layers as int8 / int4; the same request goes through the mixed pipe."""
+    data_type: str = request.param
     await run.layer.unload_layer_model(DEFAULT_MODEL)
-    await run.layer.load_layer_model(LayerModelConfig(model_id=DEFAULT_MODEL, memory=2, data_type="int8"))
+    await run.layer.load_layer_model(LayerModelConfig(model_id=DEFAULT_MODEL, memory=2, data_type=data_type))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 120
 
-    def served_in_int8() -> bool:
+    def served_quantized() -> bool:
         record = run.origin.network.records().get(NodeId("middle"))
         segments = record.segments if record is not None else ()
-        return [(s.data_type, s.loaded) for s in segments] == [("int8", True)]
+        return [(s.data_type, s.loaded) for s in segments] == [(data_type, True)]
 
-    while not (served_in_int8() and run.origin.servable_models()):
-        assert loop.time() < deadline, "the origin never saw the int8 layers"
+    while not (served_quantized() and run.origin.servable_models()):
+        assert loop.time() < deadline, f"the origin never saw the {data_type} layers"
         await asyncio.sleep(0.2)
     assert run.origin.config.job_port is not None
     client = AsyncOpenAI(
@@ -172,16 +175,17 @@ async def int8_run(run: LastLayersRun) -> Int8Run:
         max_tokens=MAX_TOKENS,
         temperature=0,
     )
-    return Int8Run(
+    return QuantizedRun(
+        data_type,
         completion.choices[0].message.content or "",
         completion.usage.completion_tokens if completion.usage else -1,
         completion.choices[0].finish_reason,
     )
 
 
-def int8_reference(end: EndModel, middle: LayerSegment) -> tuple[list[int], str]:
-    """Greedy tokens and text of the end model + int8 middle layers called directly, no network."""
-    assert middle.data_type == "int8" and middle.layer_range == range(1, NUM_LAYERS - LAST_LAYERS)
+def quantized_reference(end: EndModel, middle: LayerSegment) -> tuple[list[int], str]:
+    """Greedy tokens and text of the end model + quantized middle layers called directly, no network."""
+    assert middle.layer_range == range(1, NUM_LAYERS - LAST_LAYERS)
     sequence = SequenceId("0" * 32)
     fed: list[int] = end.encode_chat(MESSAGES)  # type: ignore[arg-type]
     middle.open(sequence, len(fed) + MAX_TOKENS)  # the node's segment reserves KV memory per sequence
@@ -201,13 +205,14 @@ def int8_reference(end: EndModel, middle: LayerSegment) -> tuple[list[int], str]
     return generated, end.tokenizer.decode(generated, skip_special_tokens=True)
 
 
-async def test_a_bf16_end_node_and_an_int8_layer_node_match_int8_in_one_process(
-    run: LastLayersRun, int8_run: Int8Run
+async def test_a_bf16_end_node_and_a_quantized_layer_node_match_them_in_one_process(
+    run: LastLayersRun, quantized_run: QuantizedRun
 ) -> None:
     end = run.origin.models[ModelId(DEFAULT_MODEL)].end_model
     (middle,) = run.layer.models[ModelId(DEFAULT_MODEL)].segments
     assert end is not None and end.dtype == torch.bfloat16
-    tokens, text = await asyncio.to_thread(int8_reference, end, middle)
-    assert int8_run.text == text
-    assert int8_run.completion_tokens == len(tokens)
-    assert int8_run.finish_reason == ("length" if len(tokens) == MAX_TOKENS else "stop")
+    assert middle.data_type == quantized_run.data_type
+    tokens, text = await asyncio.to_thread(quantized_reference, end, middle)
+    assert quantized_run.text == text
+    assert quantized_run.completion_tokens == len(tokens)
+    assert quantized_run.finish_reason == ("length" if len(tokens) == MAX_TOKENS else "stop")

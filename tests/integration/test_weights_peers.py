@@ -16,13 +16,17 @@ from language_pipes.models.store import ModelStore, ModelStoreError
 from language_pipes.models.weights import MissingTensorError, WeightReader
 from language_pipes.network.types import NodeId, PeerUnavailableError
 from language_pipes.weights.journal import held_tensors
-from language_pipes.weights.manifest import build_manifest, tensor_names
+from language_pipes.weights.manifest import MANIFEST_FILE, MANIFEST_STAT_FILE, build_manifest, tensor_names
 from language_pipes.weights.provider import ModelWeights, layer_modules, tensors_for_modules
 from language_pipes.weights.serve import KIND_MANIFEST, KIND_PIECE
+from language_pipes.weights.transfer import PeerFetchError
 from support.peers import Starter, wait_until
+from support.tiny_models import build_tiny_model
 from support.weight_peers import (
     TEST_BLOCK_BYTES,
     TINY_MODEL,
+    TreeHub,
+    closed_port_url,
     corrupt_tensor_bytes,
     fetching_peer,
     serving_peer,
@@ -30,6 +34,13 @@ from support.weight_peers import (
 )
 
 LAYER_TWO = "model.layers.2."
+
+
+@pytest.fixture(autouse=True)
+def unreachable_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test here asks the real hub: HF_ENDPOINT points where nothing listens (a test may move it)."""
+    monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
 
 def _reference(tmp_path: Path) -> ModelStore:
@@ -54,6 +65,8 @@ async def test_fetches_only_the_needed_layers_from_both_peers(start_node: Starte
     assert held_tensors(folder) == wanted
     assert fetched < manifest.total_bytes() / 2
     assert set(fetcher.progress[TINY_MODEL].by_peer) == {"a", "b"}  # both peers sent pieces
+    line = fetcher.progress[TINY_MODEL].line()  # what the TUI's Models page shows
+    assert line.startswith(f"{TINY_MODEL}: done,") and "MB/s from a (" in line and ", b (" in line
     reader = WeightReader(folder)
     original = WeightReader(reference.local_path(TINY_MODEL))
     got = reader.read(reader.names_with_prefix(LAYER_TWO), torch.float32, torch.device("cpu"))
@@ -197,3 +210,34 @@ async def test_a_peer_leaving_mid_fetch_leaves_its_pieces_to_the_other(
     await fetch
     good = reference.local_path(TINY_MODEL) / "model.safetensors"
     assert (folder / "model.safetensors").read_bytes() == good.read_bytes()
+
+
+@pytest.mark.asyncio
+async def test_the_hub_hashes_choose_between_manifests_and_refuse_those_it_disagrees_with(
+    start_node: Starter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = os.urandom(16)
+    reference = _reference(tmp_path)
+    other = tiny_store(tmp_path / "other", reference.local_path(TINY_MODEL))
+    corrupt_tensor_bytes(other)  # another version of the weights, with a manifest that describes it
+    for cached in (MANIFEST_FILE, MANIFEST_STAT_FILE):
+        (other.local_path(TINY_MODEL) / cached).unlink()
+    build_manifest(other.local_path(TINY_MODEL), TINY_MODEL, TEST_BLOCK_BYTES)
+    a = await serving_peer(start_node, "a", reference, key)
+    b = await serving_peer(start_node, "b", other, key, (a.network,))
+    _, fetcher = await fetching_peer(start_node, "c", key, [a, b])
+    with pytest.raises(PeerFetchError, match="pin one"):  # hub unreachable: one peer each, a tie
+        await fetcher.manifest(TINY_MODEL)
+
+    expected = build_manifest(reference.local_path(TINY_MODEL), TINY_MODEL, TEST_BLOCK_BYTES)
+    with TreeHub(TINY_MODEL, reference.local_path(TINY_MODEL)) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        manifest, holders = await fetcher.manifest(TINY_MODEL)
+    assert manifest.digest() == expected.digest() and set(holders) == {"a"}
+
+    stranger = tmp_path / "stranger"  # a third checkpoint, initialised from another seed
+    build_tiny_model("llama", stranger, seed=1)
+    with TreeHub(TINY_MODEL, stranger) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        with pytest.raises(PeerFetchError, match="agrees with the hub"):
+            await fetcher.manifest(TINY_MODEL)

@@ -12,12 +12,19 @@ from support.cluster import DEFAULT_MODEL, ReferenceModel
 
 
 def assert_completion_matches_reference(
-    client: OpenAI, reference: ReferenceModel, messages: list[dict[str, str]], max_tokens: int
-) -> None:
-    """A greedy, non-streamed completion: same text, token counts and finish reason as transformers."""
+    client: OpenAI,
+    reference: ReferenceModel,
+    messages: list[dict[str, str]],
+    max_tokens: int,
+    model: str = DEFAULT_MODEL,
+) -> str:
+    """A greedy, non-streamed completion: same text, token counts and finish reason as transformers.
+
+    Returns the completion's text.
+    """
     expected = reference.complete(messages, max_tokens)
     completion = client.chat.completions.create(
-        model=DEFAULT_MODEL,
+        model=model,
         messages=messages,  # type: ignore[arg-type]
         max_tokens=max_tokens,
         temperature=0,
@@ -27,6 +34,7 @@ def assert_completion_matches_reference(
     assert completion.usage.completion_tokens == len(expected.token_ids)
     assert completion.usage.prompt_tokens == len(reference.prompt_ids(messages))
     assert completion.choices[0].finish_reason == expected.finish_reason
+    return expected.text
 
 
 def assert_stream_matches_reference(
@@ -35,11 +43,12 @@ def assert_stream_matches_reference(
     messages: list[dict[str, str]],
     max_tokens: int,
     include_usage: bool = False,
+    model: str = DEFAULT_MODEL,
 ) -> None:
     """A greedy stream: its deltas join to transformers' text (and its usage chunk counts the tokens)."""
     expected = reference.complete(messages, max_tokens)
     stream = client.chat.completions.create(
-        model=DEFAULT_MODEL,
+        model=model,
         messages=messages,  # type: ignore[arg-type]
         max_tokens=max_tokens,
         temperature=0,

@@ -18,6 +18,7 @@ from language_pipes.models.default_model import prepare_default_model
 from language_pipes.models.embedded import (
     DEFAULT_MODEL_ID,
     INSTALL_COMMAND,
+    EmbeddedModel,
     locate_gguf,
 )
 from language_pipes.models.store import ModelStore, ModelStoreError
@@ -140,10 +141,10 @@ def test_greedy_output_matches_the_gguf_loaded_directly(model_root: Path, conver
 
 
 def test_second_ensure_is_a_no_op(model_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def conversion_must_not_run(destination: Path) -> None:
+    def conversion_must_not_run(model: EmbeddedModel, destination: Path) -> None:
         raise AssertionError("the default model was converted twice")
 
-    monkeypatch.setattr(store, "convert_default_model", conversion_must_not_run)
+    monkeypatch.setattr(store, "convert_embedded_model", conversion_must_not_run)
     weights = ModelStore(model_root).local_path(DEFAULT_MODEL_ID) / "model.safetensors"
     modified = weights.stat().st_mtime_ns
     started = time.monotonic()
@@ -152,8 +153,8 @@ def test_second_ensure_is_a_no_op(model_root: Path, monkeypatch: pytest.MonkeyPa
     assert weights.stat().st_mtime_ns == modified
 
 
-def _fake_conversion(calls: list[Path], seconds: float) -> Callable[[Path], None]:
-    def convert(destination: Path) -> None:
+def _fake_conversion(calls: list[Path], seconds: float) -> Callable[[EmbeddedModel, Path], None]:
+    def convert(model: EmbeddedModel, destination: Path) -> None:
         calls.append(destination)
         time.sleep(seconds)  # long enough for the second caller to hit the lock
         destination.mkdir(parents=True)
@@ -165,7 +166,7 @@ def _fake_conversion(calls: list[Path], seconds: float) -> Callable[[Path], None
 
 def test_concurrent_ensures_convert_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[Path] = []
-    monkeypatch.setattr(store, "convert_default_model", _fake_conversion(calls, seconds=0.5))
+    monkeypatch.setattr(store, "convert_embedded_model", _fake_conversion(calls, seconds=0.5))
     results: list[Path] = []
     workers = [
         threading.Thread(target=lambda: results.append(ModelStore(tmp_path).ensure(DEFAULT_MODEL_ID)))
@@ -181,12 +182,12 @@ def test_concurrent_ensures_convert_once(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_failed_conversion_leaves_nothing_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(destination: Path) -> None:
+    def broken(model: EmbeddedModel, destination: Path) -> None:
         destination.mkdir(parents=True)
         (destination / "config.json").write_text("{}")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(store, "convert_default_model", broken)
+    monkeypatch.setattr(store, "convert_embedded_model", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         ModelStore(tmp_path).ensure(DEFAULT_MODEL_ID)
     assert [p.name for p in tmp_path.iterdir()] == [".locks"]

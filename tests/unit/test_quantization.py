@@ -19,6 +19,7 @@ from language_pipes.models.partial import ModelSource
 from language_pipes.models.quantization import (
     QuantizationError,
     QuantizedLinear,
+    cuda_inner_k_tiles,
     dequantize_int4,
     int4_group_size,
     quantize_linears,
@@ -125,6 +126,13 @@ def test_kernels_compute_each_row_independently_of_the_others(bits: int) -> None
     together = linear(inputs)
     for start, count in ((0, 1), (7, 1), (11, 5), (39, 1)):
         assert torch.equal(linear(inputs[start : start + count]), together[start : start + count])
+
+
+def test_cuda_int4_layout_picks_inner_tiles_that_divide_the_width() -> None:
+    """CUDA tinygemm tiles K by 16 x innerKTiles; 576 (the default model) is not a multiple of 128."""
+    assert cuda_inner_k_tiles(576) == 4 and cuda_inner_k_tiles(1536) == 8 and cuda_inner_k_tiles(96) == 2
+    with pytest.raises(QuantizationError, match="width of 40"):
+        cuda_inner_k_tiles(40)
 
 
 def test_a_weight_int4_cannot_pack_says_which() -> None:

@@ -34,6 +34,7 @@ from language_pipes.engine.speculation import (
 from language_pipes.engine.types import Finished, GenerationRequest, SamplingParams, TextDelta
 from language_pipes.models.partial import ModelSource
 from language_pipes.models.segment import LayerSegment, SegmentBatch
+from language_pipes.pipes.frames import StepHeader, decode_step, encode_step
 from language_pipes.pipes.route import Route
 from language_pipes.vocabulary import SequenceId
 from support.tiny_models import SplitModel, build_tiny_model, open_split, tiny_config
@@ -332,3 +333,12 @@ def test_finished_reports_drafted_and_accepted_tokens(engines: dict) -> None:
     while (scheduler.tokens_drafted, scheduler.tokens_accepted) != counted and time.monotonic() < deadline:
         time.sleep(0.01)  # the totals are added just after the last token is emitted
     assert (scheduler.tokens_drafted, scheduler.tokens_accepted) == counted
+
+
+def test_a_step_frame_carries_which_sequences_are_decode_runs() -> None:
+    """Layer nodes learn from the step header which rows verify drafts (computed as decode steps)."""
+    ids = (SequenceId("ab" * 16), SequenceId("cd" * 16))
+    for runs in ((False, True), ()):
+        batch = SegmentBatch(ids, (0, 40), (12, 7), decode_runs=runs)
+        header = StepHeader("m", 1, 4, torch.bfloat16, 64, batch)
+        assert decode_step(encode_step(header)).batch == batch

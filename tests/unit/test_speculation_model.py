@@ -1,8 +1,9 @@
 """Speculation with the real default model: a lone greedy request equals transformers, tool calls stay valid.
 
 Default mode (not batch-invariant), bf16, one torch thread: a request that
-quotes its prompt drafts and accepts tokens, and its tokens are exactly what
-transformers' ``generate`` picks in one process; a constrained tool call
+quotes, corrects or reformats its prompt drafts and accepts tokens, and its
+tokens are exactly what transformers' ``generate`` picks in one process
+(``numerics``: rerun on a second CPU kernel family); a constrained tool call
 drafts the tokens its grammar forces and is still a valid call.
 """
 
@@ -39,7 +40,16 @@ WEATHER = {
     "required": ["city"],
     "additionalProperties": False,
 }
+# Grounded prompts whose greedy output left transformers' within 30 tokens while verified rows
+# attended like a prefill chunk (before decode runs went row by row).
+REWRITES = [
+    "Correct the spelling in this text and return it: Teh quick brown fox jumpd over the lazy dog "
+    "while the farmer was wachting from the porch.",
+    "Translate the following list into a JSON array of strings: apples, pears, oranges, plums, "
+    "cherries, grapes, lemons.",
+]
 NEW_TOKENS = 20
+REWRITE_TOKENS = 30
 
 
 @pytest.fixture(scope="module")
@@ -74,22 +84,47 @@ def generate(generator: ModelGenerator, request: GenerationRequest) -> tuple[lis
     return asyncio.run(asyncio.wait_for(collect(), 120))
 
 
+@pytest.fixture(scope="module")
+def reference(folder: Path) -> AutoModelForCausalLM:
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+
+
+def greedy_pair(
+    generator: ModelGenerator, reference: AutoModelForCausalLM, prompt: list[int], count: int
+) -> tuple[list[int], list[int], str, Finished]:
+    """(speculating tokens, transformers' tokens, text, Finished) for one lone greedy request."""
+    request = GenerationRequest(prompt, SamplingParams(temperature=0.0), max_new_tokens=count)
+    tokens, text, finished = generate(generator, request)
+    with torch.inference_mode():
+        output = reference.generate(
+            torch.tensor([prompt]), do_sample=False, max_new_tokens=count, pad_token_id=0
+        )
+    expected = [t for t in output[0, len(prompt) :].tolist() if t not in generator.end_model.eos_token_ids]
+    return tokens, expected, text, finished
+
+
+@pytest.mark.numerics
 def test_a_lone_greedy_request_that_speculates_equals_transformers(
-    folder: Path, engine: tuple[Scheduler, ModelGenerator]
+    engine: tuple[Scheduler, ModelGenerator], reference: AutoModelForCausalLM
 ) -> None:
     _, generator = engine
     prompt = generator.encode_chat(QUOTE)
-    request = GenerationRequest(prompt, SamplingParams(temperature=0.0), max_new_tokens=NEW_TOKENS)
-    tokens, text, finished = generate(generator, request)
-    reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
-    with torch.inference_mode():
-        output = reference.generate(
-            torch.tensor([prompt]), do_sample=False, max_new_tokens=NEW_TOKENS, pad_token_id=0
-        )
-    expected = [t for t in output[0, len(prompt) :].tolist() if t not in generator.end_model.eos_token_ids]
+    tokens, expected, text, finished = greedy_pair(generator, reference, prompt, NEW_TOKENS)
     assert tokens == expected, text
     assert "lighthouse keeper" in text
     assert finished.accepted_tokens >= 8, finished  # most of the quote came from accepted drafts
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("text", REWRITES, ids=["spelling", "json-list"])
+def test_speculating_rewrites_equal_transformers_token_for_token(
+    engine: tuple[Scheduler, ModelGenerator], reference: AutoModelForCausalLM, text: str
+) -> None:
+    _, generator = engine
+    prompt = generator.encode_chat([{"role": "user", "content": text}])
+    tokens, expected, output, finished = greedy_pair(generator, reference, prompt, REWRITE_TOKENS)
+    assert tokens == expected, output
+    assert finished.drafted_tokens > 0, finished
 
 
 def test_a_speculating_tool_call_is_still_valid(engine: tuple[Scheduler, ModelGenerator]) -> None:

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,56 @@ async def test_a_long_prefill_step_gets_more_time_than_a_decode_step(
     prefill = SegmentBatch((SequenceId("ab" * 16),), (0,), (512,))
     assert remote.step_deadline_s(decode) == pytest.approx(5.1)
     assert remote.step_deadline_s(prefill) == pytest.approx(5.0 + 51.2)
+
+
+SLOW_STEP_S = 1.2
+
+
+@pytest_asyncio.fixture
+async def serial_pair(start_node: Starter) -> AsyncIterator[tuple[PeerNetwork, PeerNetwork, threading.Event]]:
+    """``a`` answers steps one at a time on its lane thread, as a layer node does; big steps take 1.2 s."""
+    key = os.urandom(16)
+    a = await start_node("a", network_key=key)
+    b = await start_node("b", network_key=key, bootstrap=(a,))
+    await wait_until(lambda: "a" in b.records() and "b" in a.records(), what="a and b meeting")
+    big_step_started = threading.Event()
+
+    def echo(sender: NodeId, header: bytes, payload: bytes) -> bytes:
+        if len(payload) > 4 * 64 * 16:  # more than 16 fp32 rows of 64: the prefill chunk
+            big_step_started.set()
+            time.sleep(SLOW_STEP_S)
+        return bytes(payload)
+
+    a.register_lane_handler(KIND_STEP, echo)
+    yield a, b, big_step_started
+
+
+@pytest.mark.asyncio
+async def test_a_step_queued_behind_the_other_lanes_step_does_not_miss_its_deadline(
+    serial_pair: tuple[PeerNetwork, PeerNetwork, threading.Event],
+) -> None:
+    """Two lanes share one layer node, which runs one step at a time: the decode step that waits
+    behind the other lane's long prefill step gets that step's time too, instead of failing the route."""
+    _, b, big_step_started = serial_pair
+    loop = asyncio.get_running_loop()
+
+    def remote() -> RemoteSegment:  # each lane (thread) has its own route objects to the same node
+        return RemoteSegment(
+            b, loop, NodeId("a"), "m", 1, 4, torch.float32, step_timeout_s=0.4, step_timeout_per_token_s=0.01
+        )
+
+    prefill = SegmentBatch((SequenceId("aa" * 16),), (0,), (512,))  # allowed 0.4 + 5.12 s
+    decode = SegmentBatch((SequenceId("bb" * 16),), (30,), (1,))  # allowed 0.41 s, but waits 1.2 s
+    lanes = [ThreadPoolExecutor(max_workers=1) for _ in range(2)]  # a lane is a thread with its own socket
+    remotes = [remote(), remote()]
+    try:
+        for lane, hop in zip(lanes, remotes, strict=True):  # open each thread's lane before the race
+            await loop.run_in_executor(lane, hop.forward, torch.ones(1, 1, 64), decode)
+        long_step = loop.run_in_executor(lanes[0], remotes[0].forward, torch.zeros(1, 512, 64), prefill)
+        assert await asyncio.to_thread(big_step_started.wait, 10)
+        decoded = await loop.run_in_executor(lanes[1], remotes[1].forward, torch.ones(1, 1, 64), decode)
+        assert torch.equal(decoded, torch.ones(1, 1, 64))
+        assert (await long_step).shape == (1, 512, 64)
+    finally:
+        for lane in lanes:
+            lane.shutdown()

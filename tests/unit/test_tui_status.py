@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+from language_pipes.engine.detokenize import IncrementalDetokenizer
+from language_pipes.engine.sequence import Sequence
+from language_pipes.engine.speculation import DraftControl
+from language_pipes.engine.types import GenerationRequest
 from language_pipes.metrics import HopLatency
 from language_pipes.network.types import HostedSegment, NodeId, NodeRecord
+from language_pipes.node_status import active_jobs
 from language_pipes.tui.status import (
     HOP_IDLE_AFTER_S,
     JobRates,
+    acceptance_label,
     describe_segment,
     draw_pipe,
     hop_latency_text,
     missing_before_serving,
     pipe_views,
 )
+from language_pipes.vocabulary import SequenceId
 
 MODEL = "org/model"
 
@@ -89,3 +98,19 @@ def test_a_segment_is_described_with_its_data_type_and_state() -> None:
         f"{MODEL} 28-29 bfloat16 (end model's own)"
     )
     assert describe_segment(HostedSegment(MODEL, 1, 4, True)) == f"{MODEL} 1-3"  # an older node: no type
+
+
+def test_a_live_job_shows_its_speculative_drafts_accepted() -> None:
+    """The Jobs page's snapshot of a live request carries its drafted and accepted token counts."""
+    speculating = Sequence(
+        SequenceId("a" * 32), GenerationRequest([1, 2, 3]), print, IncrementalDetokenizer(None)
+    )
+    speculating.speculation = DraftControl(limit=6, drafted=15, accepted=12)
+    plain = Sequence(SequenceId("b" * 32), GenerationRequest([1, 2]), print, IncrementalDetokenizer(None))
+    scheduler = SimpleNamespace(active_sequences=lambda: (speculating, plain))
+    node = SimpleNamespace(models={MODEL: SimpleNamespace(model_id=MODEL, scheduler=scheduler)})
+    first, second = active_jobs(node)  # type: ignore[arg-type]
+    assert (first.drafted_tokens, first.accepted_tokens) == (15, 12)
+    assert (second.drafted_tokens, second.accepted_tokens) == (0, 0)
+    assert acceptance_label(first.drafted_tokens, first.accepted_tokens) == "12/15 (80%)"
+    assert acceptance_label(0, 0) == "-"

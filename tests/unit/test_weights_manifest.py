@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from language_pipes.weights.hub_hashes import HubFile, disagreements
 from language_pipes.weights.journal import Journal
 from language_pipes.weights.manifest import (
     Manifest,
@@ -112,3 +113,20 @@ def test_the_journal_keeps_only_pieces_whose_bytes_still_match(
     kept = resumed.recover(pieces)
     assert resumed.verified == {piece.key for index, piece in enumerate(pieces[:6]) if index != 3}
     assert kept == sum(piece.size for index, piece in enumerate(pieces[:6]) if index != 3)
+
+
+def test_a_manifest_agrees_with_the_hub_only_on_every_size_and_published_hash(
+    folder: Path, manifest: Manifest
+) -> None:
+    hub = {entry.name: HubFile(entry.size, None) for entry in manifest.files}
+    weights = next(entry for entry in manifest.files if entry.name.endswith(".safetensors"))
+    hub[weights.name] = HubFile(weights.size, weights.sha256)
+    assert disagreements(manifest, hub) == []
+    assert disagreements(manifest, {weights.name: hub[weights.name]}) == []  # unlisted small files pass
+
+    other_hash = {**hub, weights.name: HubFile(weights.size, "0" * 64)}
+    assert [p.split(" ")[0] for p in disagreements(manifest, other_hash)] == [weights.name]
+    other_size = {**hub, "config.json": HubFile(1, None)}
+    assert ["config.json is" in p for p in disagreements(manifest, other_size)] == [True]
+    unlisted_weights = {name: file for name, file in hub.items() if name != weights.name}
+    assert disagreements(manifest, unlisted_weights) == [f"{weights.name} is not on the hub"]

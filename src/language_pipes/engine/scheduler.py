@@ -315,6 +315,7 @@ class Scheduler:
             sequence_ids=tuple(s.sequence_id for s, _, _ in plan),
             start_positions=tuple(s.fed for s, _, _ in plan),
             lengths=tuple(len(chunk) for _, chunk, _ in plan),
+            decode_runs=tuple(drafted > 0 for _, _, drafted in plan),
         )
         route = plan[0][0].route
         assert route is not None
@@ -336,7 +337,7 @@ class Scheduler:
                 due.append((sequence, chunk[len(chunk) - drafted :]))
         if not due:
             return
-        logits = self.end_model.logits(hidden[0, due_rows])
+        logits = self.end_model.logits(hidden[0, due_rows], decode_rows=any(draft for _, draft in due))
         first = 0
         for sequence, draft in due:
             rows = logits[first : first + len(draft) + 1]

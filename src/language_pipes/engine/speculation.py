@@ -5,9 +5,14 @@ The origin sees the prompt and every generated token, so it can guess the
 next few without a second model: text that rewrites, quotes or edits its
 input repeats n-grams of that input (prompt lookup), and constrained output
 has tokens its grammar forces (llguidance's fast-forward tokens). A step then
-feeds the sequence's last token plus up to K drafted tokens, every stage
-computes them like a prefill chunk, and the origin keeps the longest prefix
-the model agrees with, plus the model's own next token.
+feeds the sequence's last token plus up to K drafted tokens, marked as a
+decode run: every stage computes each of those rows exactly as the one-row
+decode step it stands for (attention row by row; one row at a time through
+the linear layers where their kernels round a lone row differently,
+models/segment.py), and the origin keeps the longest prefix the model agrees
+with, plus the model's own next token. So greedy output is token-identical
+with and without speculation: for a lone request in default mode (equal to
+transformers in one process), and under any load in batch-invariant mode.
 
 Acceptance draws exactly what plain decoding draws: each verified row is
 sampled with the sequence's own sampler (penalties, grammar mask, seed and
@@ -16,7 +21,7 @@ deterministic draft this is the standard speculative-sampling rule (accept
 with probability p(x); on rejection the token is drawn from p with x
 removed, renormalised), and because one draw is made per emitted token, in
 order, a seeded request yields the same tokens with or without speculation
-whenever the logits are the same (always in batch-invariant mode).
+whenever the logits are the same (as above).
 
 Rejected positions stay in the KV caches only until the next step: it starts
 at the first rejected position, and every segment (the origin's local layers

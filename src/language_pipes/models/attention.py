@@ -5,6 +5,11 @@ tokens of every sequence one after another (varlen layout). transformers'
 attention modules compute queries, keys and values (rotary, q/k norms and all)
 and then call the attention function registered as ``language_pipes``, which
 splits the pack per sequence, appends to that sequence's cache and runs SDPA.
+
+A decode run (a sequence's last token and the drafts speculation verifies
+after it, marked as such in the step) attends row by row, because SDPA over several query rows rounds
+differently from one-row decode steps in bf16 (seen on AVX2): verified tokens
+are then exactly what plain decoding would have computed.
 """
 
 from __future__ import annotations
@@ -29,6 +34,12 @@ class PackedLayout:
     lengths: tuple[int, ...]
     # Batch-invariant mode (models/invariance.py): each sequence attends on its own, as when alone.
     batch_invariant: bool = False
+    # Per sequence: its rows are a decode run (SegmentBatch.decode_runs); empty means none is.
+    decode_runs: tuple[bool, ...] = ()
+
+    def row_by_row(self, index: int) -> bool:
+        """Whether sequence ``index`` attends one query row at a time."""
+        return self.batch_invariant or (bool(self.decode_runs) and self.decode_runs[index])
 
 
 def _mask(query_length: int, past: int, window: int | None, device: torch.device) -> torch.Tensor | None:
@@ -77,7 +88,7 @@ def packed_attention(
         layer_cache = cache.layers[module.layer_idx]
         past = layer_cache.length
         keys, values = layer_cache.append(key[:, :, start:end], value[:, :, start:end])
-        if layout.batch_invariant:
+        if layout.row_by_row(index):
             outputs[index] = _row_by_row_attention(
                 module, query[:, :, start:end], keys, values, past, window, scaling, softcap
             )

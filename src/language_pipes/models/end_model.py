@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
-from language_pipes.models.invariance import make_batch_invariant
+from language_pipes.models.invariance import linear_rows_independent, make_batch_invariant
 from language_pipes.models.partial import ModelSource
 from language_pipes.models.quantization import WeightFormat
 from language_pipes.models.segment import LayerSegment, SegmentBatch
@@ -74,6 +74,8 @@ class EndModel:
         self.batch_invariant = batch_invariant
         if batch_invariant:
             make_batch_invariant(self.head)
+        # Whether a decode run's rows need the head one at a time to equal plain decode steps.
+        self.head_rows_apart = not batch_invariant and not linear_rows_independent(dtype, self.device.type)
         self.eos_token_ids = _eos_token_ids(folder, self.tokenizer)
         self.context_length = int(getattr(self.config, "max_position_embeddings", 0) or 4096)
 
@@ -95,11 +97,21 @@ class EndModel:
         with torch.inference_mode():
             return self.embedding(ids)
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Float32 logits ``[rows, vocab]`` for the given final-layer hidden rows ``[rows, hidden]``."""
+    def logits(self, hidden: torch.Tensor, decode_rows: bool = False) -> torch.Tensor:
+        """Float32 logits ``[rows, vocab]`` for the given final-layer hidden rows ``[rows, hidden]``.
+
+        ``decode_rows``: the rows stand for separate decode steps (a verified
+        draft), so each must get what a one-row head call gives it.
+        """
         with torch.inference_mode():
             hidden = hidden.to(device=self.device, dtype=self.dtype)
-            logits = self.head(self.norm(hidden)).float()
+            normed = self.norm(hidden)
+            if decode_rows and self.head_rows_apart:
+                logits = torch.cat(
+                    [self.head(normed[row : row + 1]) for row in range(normed.shape[0])]
+                ).float()
+            else:
+                logits = self.head(normed).float()
             return self.source.family.finish_logits(self.config, logits)
 
     def encode_chat(self, messages: list[dict[str, object]]) -> list[int]:

@@ -19,8 +19,11 @@ sequence no longer follows transformers' single-row kernels bit for bit.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
+from torch.nn import functional
 
 
 def make_batch_invariant(module: nn.Module) -> None:
@@ -37,3 +40,32 @@ def _multi_row_forward(forward: object) -> object:
         return forward(inputs)  # type: ignore[operator]
 
     return padded
+
+
+# Weight shapes (out, in) the probe multiplies: a small model's attention and MLP projections.
+_PROBE_SHAPES = ((960, 576), (1536, 576), (576, 1536))
+_PROBE_ROWS = 7
+
+
+@functools.cache
+def linear_rows_independent(dtype: torch.dtype, device_type: str = "cpu") -> bool:
+    """Whether a linear layer gives a row the same bits alone as among other rows, on this machine.
+
+    True for bf16 on AVX2 CPUs (emulated bf16: one kernel per row either way);
+    AVX-512 CPUs with native bf16 take a matrix-vector kernel for one row that
+    rounds differently. Where this is False, the rows of a decode run
+    (speculative verification) go through the layers one at a time
+    (models/segment.py) so they still equal plain decode steps.
+    """
+    generator = torch.Generator().manual_seed(0)
+    for out_features, in_features in _PROBE_SHAPES:
+        weight = (torch.randn(out_features, in_features, generator=generator) * 0.05).to(device_type, dtype)
+        rows = torch.randn(1, _PROBE_ROWS, in_features, generator=generator).to(device_type, dtype)
+        with torch.inference_mode():
+            together = functional.linear(rows, weight)
+            for row in range(_PROBE_ROWS):
+                if not torch.equal(
+                    functional.linear(rows[:, row : row + 1], weight), together[:, row : row + 1]
+                ):
+                    return False
+    return True

@@ -18,7 +18,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from language_pipes.models.architectures import Family, family_for, text_model_renames
 from language_pipes.models.attention import ATTENTION_NAME
-from language_pipes.models.quantization import QuantizedLinear, WeightFormat, quantize_linears
+from language_pipes.models.heap import loading_heap
+from language_pipes.models.quantization import QuantizedLinear, WeightFormat, one_thread, quantize_linears
 from language_pipes.models.weights import WeightReader
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,8 @@ class ModelSource:
         self.family.prepare_module(path, module)
         if quantize:
             self._quantize(module, path)
+        if path.startswith(LAYER_PREFIX):
+            _own_tensors(module)
         return module.eval()
 
     def _quantize(self, module: nn.Module, path: str) -> None:
@@ -128,10 +131,6 @@ class ModelSource:
         if count == 0:
             raise ValueError(f"{path}: data_type {self.weights.name} found no linear layer to quantize")
         log.debug("%s: %d linears quantized to %s", path, count, self.weights.name)
-        # What stays (norms, biases) is still a view of the memory-mapped checkpoint, which would
-        # keep every page read from it resident: copy it out so the mapping can close.
-        owned = {name: tensor.clone() for name, tensor in module.state_dict(keep_vars=True).items()}
-        module.load_state_dict(owned, strict=True, assign=True)
 
     def load_head(self, dtype: torch.dtype, device: torch.device) -> nn.Module:
         """The output projection, sharing the embedding's weights when the checkpoint ties them."""
@@ -144,9 +143,10 @@ class ModelSource:
             head.load_state_dict({"weight": weight}, strict=False, assign=True)
         if self.weights is not None and self.weights.bits is not None:
             assert isinstance(head, nn.Linear), "lm_head must be a linear layer"
-            head = QuantizedLinear.from_weight(
-                head.weight, head.bias, self.weights.head_bits, self.weights.activation_dtype, "lm_head"
-            )
+            with loading_heap():  # packing's float32 temporaries of the head are ~100 MiB each
+                head = QuantizedLinear.from_weight(
+                    head.weight, head.bias, self.weights.head_bits, self.weights.activation_dtype, "lm_head"
+                )
         return head.eval()
 
     def rotary(self, device: torch.device) -> nn.Module:
@@ -155,6 +155,25 @@ class ModelSource:
         with torch.device("cpu"):
             rotary = type(meta_rotary)(config=self.config)
         return rotary.to(device)
+
+
+def _own_tensors(module: nn.Module) -> None:
+    """Copy a layer's tensors out of the memory-mapped checkpoint, so the mapping can close.
+
+    A tensor read at the checkpoint's dtype is a view of the file's mapping, and every page
+    ever read from a mapping stays resident while any view keeps it open. Quantized layers
+    keep only norms and biases from it; bfloat16 layers replace q/k/v and gate/up by fused
+    copies (models/fusion.py). Either way the pages of the originals stayed in RSS beside
+    what the layer really holds (about 140 MiB on a bf16 node hosting the default model's
+    layers, benchmarks/quantization_memory.py). Embeddings are not copied: a view of them
+    keeps only the rows of the tokens looked up resident.
+    """
+    with one_thread():  # a copy on a loading thread must not start an OpenMP team there
+        owned = {
+            name: tensor.clone() if tensor.device.type == "cpu" else tensor  # off CPU: copied already
+            for name, tensor in module.state_dict(keep_vars=True).items()
+        }
+    module.load_state_dict(owned, strict=True, assign=True)
 
 
 def _meta_skeleton(config: PretrainedConfig) -> nn.Module:

@@ -215,7 +215,7 @@ def _bfloat16_tensor(array: numpy.ndarray) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
+def one_thread() -> Iterator[None]:
     """Run torch kernels on this thread alone (torch's thread count is per thread under OpenMP)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -223,6 +223,18 @@ def _one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+# Packing works through a weight a few rows at a time, so its float32 temporaries stay small
+# (about this many bytes each) and are reused from the heap: with whole matrices they were
+# several MiB each, every one a fresh mapping while layers load (see models/heap.py).
+CHUNK_BYTES = 64 * 1024
+
+
+def _row_chunks(out_features: int, in_features: int) -> Iterator[slice]:
+    rows = max(1, CHUNK_BYTES // (4 * in_features))
+    for start in range(0, out_features, rows):
+        yield slice(start, min(start + rows, out_features))
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,24 +245,32 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     compute thread's steps once the process holds more OpenMP threads than cores
     (see models/fusion.py).
     """
-    values = _float32_array(weight)
-    scales = numpy.maximum(numpy.abs(values).max(axis=1) / 127, 1e-12).astype(numpy.float32)
-    packed = numpy.clip(numpy.rint(values / scales[:, None]), -127, 127).astype(numpy.int8)
+    out_features, in_features = weight.shape
+    packed = numpy.empty((out_features, in_features), dtype=numpy.int8)
+    scales = numpy.empty(out_features, dtype=numpy.float32)
+    for rows in _row_chunks(out_features, in_features):
+        values = _float32_array(weight[rows])
+        chunk_scales = numpy.maximum(numpy.abs(values).max(axis=1) / 127, 1e-12).astype(numpy.float32)
+        packed[rows] = numpy.clip(numpy.rint(values / chunk_scales[:, None]), -127, 127)
+        scales[rows] = chunk_scales
     return torch.from_numpy(packed).to(weight.device), torch.from_numpy(scales).to(weight.device)
 
 
 def int4_codes(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric grouped int4 codes ``[out, in]`` in 0..15, with per-group scales and minima (numpy)."""
     out_features, in_features = weight.shape
-    grouped = _float32_array(weight).reshape(out_features, in_features // group, group)
-    low = grouped.min(axis=-1, keepdims=True)
-    scales = numpy.maximum((grouped.max(axis=-1, keepdims=True) - low) / 15, 1e-12).astype(numpy.float32)
-    codes = numpy.clip(numpy.rint((grouped - low) / scales), 0, 15).astype(numpy.int32)
-    return (
-        torch.from_numpy(codes.reshape(out_features, in_features)),
-        torch.from_numpy(scales[..., 0]),
-        torch.from_numpy(low[..., 0]),
-    )
+    codes = numpy.empty((out_features, in_features), dtype=numpy.int32)
+    scales = numpy.empty((out_features, in_features // group), dtype=numpy.float32)
+    lows = numpy.empty((out_features, in_features // group), dtype=numpy.float32)
+    for rows in _row_chunks(out_features, in_features):
+        grouped = _float32_array(weight[rows]).reshape(-1, in_features // group, group)
+        low = grouped.min(axis=-1, keepdims=True)
+        chunk_scales = numpy.maximum((grouped.max(axis=-1, keepdims=True) - low) / 15, 1e-12)
+        chunk_scales = chunk_scales.astype(numpy.float32)
+        chunk_codes = numpy.clip(numpy.rint((grouped - low) / chunk_scales), 0, 15)
+        codes[rows] = chunk_codes.reshape(-1, in_features)
+        scales[rows], lows[rows] = chunk_scales[..., 0], low[..., 0]
+    return torch.from_numpy(codes), torch.from_numpy(scales), torch.from_numpy(lows)
 
 
 def quantize_int4(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,12 +283,23 @@ def quantize_int4(weight: torch.Tensor, group: int) -> tuple[torch.Tensor, torch
     zeros = low_values + 8 * scale_values
     scales_and_zeros = _bfloat16_tensor(numpy.stack([scale_values.T, zeros.T], axis=-1))
     if weight.device.type == "cpu":
-        with _one_thread():
+        with one_thread():
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
     else:
         pairs = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8).to(weight.device)
-        packed = torch.ops.aten._convert_weight_to_int4pack(pairs, 8)
+        packed = torch.ops.aten._convert_weight_to_int4pack(pairs, cuda_inner_k_tiles(weight.shape[1]))
     return packed, scales_and_zeros.to(weight.device)
+
+
+def cuda_inner_k_tiles(in_features: int) -> int:
+    """The CUDA tinygemm layout's inner K tiles (8, 4 or 2, each 16 columns) that divide the width.
+
+    8 needs a width divisible by 128, which the default model's 576 is not (4 fits it).
+    """
+    for tiles in (8, 4, 2):
+        if in_features % (16 * tiles) == 0:
+            return tiles
+    raise QuantizationError(f"cannot pack a width of {in_features} for CUDA tinygemm (not a multiple of 32)")
 
 
 def dequantize_int4(weight: torch.Tensor, group: int) -> torch.Tensor:

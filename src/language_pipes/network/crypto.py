@@ -119,15 +119,23 @@ class SendingCipher:
 
     def seal(self, associated: bytes, *parts: bytes | memoryview) -> tuple[int, list[bytes]]:
         """Seal each part under its own counter; returns the first counter and the sealed parts."""
+        first = self.reserve(len(parts))
+        return first, self.seal_at(first, associated, *parts)
+
+    def reserve(self, count: int) -> int:
+        """Take ``count`` counters for a later :meth:`seal_at` (frames must still leave in counter order)."""
         first = self._next_counter
-        if first + len(parts) > _MAX_COUNTER:
+        if first + count > _MAX_COUNTER:
             raise OverflowError("session counter exhausted; reconnect")
-        self._next_counter = first + len(parts)
-        sealed = [
+        self._next_counter = first + count
+        return first
+
+    def seal_at(self, first: int, associated: bytes, *parts: bytes | memoryview) -> list[bytes]:
+        """Seal each part under the counters :meth:`reserve` returned ``first`` of (any thread)."""
+        return [
             self._cipher.encrypt(_COUNTER_NONCE.pack(first + index), part, associated)
             for index, part in enumerate(parts)
         ]
-        return first, sealed
 
 
 class ReceivingCipher:

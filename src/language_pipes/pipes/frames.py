@@ -29,7 +29,9 @@ _DTYPES_BY_CODE = {code: dtype for dtype, code in _DTYPE_CODES.items()}
 
 _STEP_FIXED = struct.Struct("!HHHBII")  # model id length, start, end, dtype, hidden size, sequence count
 SEQUENCE_ID_BYTES = 16
-_SEQUENCE = struct.Struct("!16sII")  # sequence id, start position, new tokens
+_SEQUENCE = struct.Struct("!16sII")  # sequence id, start position, new tokens (top bit: decode run)
+# Set in a sequence's token count when its rows are a decode run (SegmentBatch.decode_runs).
+DECODE_RUN_BIT = 1 << 31
 
 # Bounds of one step (the origin's scheduler packs at most step_token_budget = 512 tokens by default);
 # tokens and hidden size are the network's, which sizes every socket's message cap from them.
@@ -82,8 +84,12 @@ def encode_step(header: StepHeader) -> bytes:
         len(batch.sequence_ids),
     )
     rows = b"".join(
-        _SEQUENCE.pack(encode_sequence_id(sid), start, length)
-        for sid, start, length in zip(batch.sequence_ids, batch.start_positions, batch.lengths, strict=True)
+        _SEQUENCE.pack(
+            encode_sequence_id(sid), start, length | (DECODE_RUN_BIT if batch.decode_run(i) else 0)
+        )
+        for i, (sid, start, length) in enumerate(
+            zip(batch.sequence_ids, batch.start_positions, batch.lengths, strict=True)
+        )
     )
     return fixed + model + rows
 
@@ -98,6 +104,8 @@ def decode_step(raw: bytes) -> StepHeader:
         model_id = raw[offset : offset + model_length].decode()
         offset += model_length
         rows = [_SEQUENCE.unpack_from(raw, offset + i * _SEQUENCE.size) for i in range(count)]
+        runs = tuple(bool(r[2] & DECODE_RUN_BIT) for r in rows)
+        rows = [(r[0], r[1], r[2] & ~DECODE_RUN_BIT) for r in rows]
         dtype = _DTYPES_BY_CODE[dtype_code]
     except (struct.error, KeyError, UnicodeDecodeError) as error:
         # Any layout violation is the sender's fault; the handler turns this into an error reply.
@@ -108,6 +116,7 @@ def decode_step(raw: bytes) -> StepHeader:
         sequence_ids=tuple(decode_sequence_id(r[0]) for r in rows),
         start_positions=tuple(r[1] for r in rows),
         lengths=tuple(r[2] for r in rows),
+        decode_runs=runs if any(runs) else (),
     )
     return StepHeader(model_id, start, end, dtype, hidden_size, batch)
 

@@ -7,8 +7,10 @@ covered, taking as many layers as its memory budget allows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+from language_pipes.network.types import NodeId, NodeRecord
 
 # A sequence's KV cache is budgeted for this many tokens per hosted layer (all sequences together).
 KV_HEADROOM_TOKENS = 16_384
@@ -49,3 +51,13 @@ def choose_span(
         return None
     gap = first_gap(num_layers, first_layer, covered) or LayerSpan(first_layer, num_layers)
     return LayerSpan(gap.start, min(gap.end, gap.start + capacity_layers))
+
+
+def covered_spans(records: Mapping[NodeId, NodeRecord], model_id: str) -> list[LayerSpan]:
+    """Layers of ``model_id`` the network already hosts, private last layers of end models included."""
+    return [
+        LayerSpan(segment.start_layer, segment.end_layer)
+        for record in records.values()
+        for segment in record.segments
+        if segment.model_id == model_id
+    ]

@@ -11,13 +11,19 @@ too: the scheduler counts that hop as lost and moves the route's sequences.
 The deadline is ``step_timeout_s`` plus ``step_timeout_per_token_s`` for each
 token of the step (config keys): a decode step must answer within about 5 s,
 while a 512-token prefill step, which takes some 15 s on a busy two-core CPU,
-gets the time it legitimately needs. Every answered step's round trip is
-recorded per peer (``lp_hop_step_seconds`` of ``/metrics``, the TUI's Pipes page).
+gets the time it legitimately needs. A layer node runs one step at a time,
+so a step sent while this origin's other lane (micro-batch) has one in flight
+to the same node waits for it there: its deadline adds what the steps ahead
+of it may still take (:class:`StepsInFlight`). Every answered step's round
+trip is recorded per peer (``lp_hop_step_seconds`` of ``/metrics``, the TUI's
+Pipes page).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
 import time
 
 import torch
@@ -44,6 +50,42 @@ from language_pipes.vocabulary import SequenceId
 STEP_TIMEOUT_S = 5.0
 STEP_TIMEOUT_PER_TOKEN_S = 0.1
 OPEN_TIMEOUT_S = 5.0
+
+
+class StepsInFlight:
+    """This process's steps in flight to each node, with the time by which each must be answered.
+
+    A node answers steps in the order they arrive, one at a time, so a step
+    sent behind others may wait until the last of them is due, then take
+    its own allowance.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._due: dict[tuple[int, NodeId], dict[int, float]] = {}
+        self._tickets = itertools.count()
+
+    def begin(self, key: tuple[int, NodeId], allowed_s: float) -> tuple[int, float]:
+        """Register a step; returns its ticket and its deadline in seconds from now."""
+        with self._lock:
+            now = time.monotonic()
+            due = self._due.setdefault(key, {})
+            ahead = max((at - now for at in due.values()), default=0.0)
+            timeout = max(0.0, ahead) + allowed_s
+            ticket = next(self._tickets)
+            due[ticket] = now + timeout
+            return ticket, timeout
+
+    def end(self, key: tuple[int, NodeId], ticket: int) -> None:
+        with self._lock:
+            due = self._due.get(key, {})
+            due.pop(ticket, None)
+            if not due:
+                self._due.pop(key, None)
+
+
+# Shared by every lane thread and route of this process (keyed by network and node).
+STEPS_IN_FLIGHT = StepsInFlight()
 
 
 class RemoteSegment:
@@ -88,8 +130,13 @@ class RemoteSegment:
             StepHeader(self.model_id, self.start, self.end, self.dtype, hidden.shape[-1], batch)
         )
         data = tensor_bytes(hidden.to(self.dtype))
+        key = (id(self.link.network), self.node_id)
+        ticket, timeout = STEPS_IN_FLIGHT.begin(key, self.step_deadline_s(batch))
         started = time.perf_counter()
-        payload = self.link.exchange(KIND_STEP, header, data, self.step_deadline_s(batch))
+        try:
+            payload = self.link.exchange(KIND_STEP, header, data, timeout)
+        finally:
+            STEPS_IN_FLIGHT.end(key, ticket)
         metrics.record_hop_step(self.node_id, time.perf_counter() - started)
         return tensor_from_bytes(payload, self.dtype, hidden.shape[-1])
 

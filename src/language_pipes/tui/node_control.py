@@ -153,7 +153,7 @@ class NodeControl:
         """One line per model this node fetched (or is fetching) from peers: bytes, rate and sources."""
         if self.node is None:
             return []
-        return [progress.line() for progress in self.node.weight_fetcher.progress.values()]
+        return [progress.line() for progress in self.node.weights.fetches()]
 
     async def load_layer_model(self, entry: LayerModelConfig) -> str:
         """Load one layer model into the running node now; returns what it now hosts, in one line."""

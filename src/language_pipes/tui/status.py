@@ -177,6 +177,13 @@ class JobRates:
             del self.first_token_at[sequence_id]
 
 
+def acceptance_label(drafted: int, accepted: int) -> str:
+    """A request's speculative drafts: accepted of drafted and the share, or "-" before any draft."""
+    if drafted <= 0:
+        return "-"
+    return f"{accepted}/{drafted} ({accepted / drafted:.0%})"
+
+
 def resource_lines() -> list[str]:
     """RAM, and GPU memory when torch is already loaded and sees a GPU."""
     memory = psutil.virtual_memory()

@@ -1,8 +1,9 @@
 """Fetching a model's pieces from peers: trusted manifest, several peers at once, verify, resume.
 
 :meth:`WeightFetcher.manifest` asks every peer that hosts the model for its manifest
-and trusts the one a pinned ``manifest_sha256`` names, else the one most peers serve
-(a tie between different manifests is refused: pin one). :meth:`WeightFetcher.fetch`
+and trusts the one a pinned ``manifest_sha256`` names, else, of those that agree with
+the hub's published hashes when the hub answers (:mod:`.hub_hashes`), the one most
+peers serve (a tie between different manifests is refused: pin one). :meth:`WeightFetcher.fetch`
 writes the pieces a node needs into a folder (safetensors files keep their full size,
 unfetched tensors stay file holes), several requests per peer in flight, each piece
 hashed before it is written and journaled. A piece that fails its hash is asked of
@@ -12,74 +13,30 @@ another peer, and the peer that sent it is reported (logged, counted in ``bad_pi
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import tqdm
 
-from language_pipes.models.store import ModelStoreError
 from language_pipes.network.peer_network import PeerNetwork
-from language_pipes.network.types import NetworkError, NodeId, PeerUnavailableError
-from language_pipes.weights.journal import Journal, held_tensors, write_held_tensors, write_stored_manifest
-from language_pipes.weights.manifest import Manifest, ManifestError, Piece, parse_manifest, pieces_for
-from language_pipes.weights.serve import KIND_MANIFEST, KIND_PIECE
+from language_pipes.network.types import NetworkError, NodeId
+from language_pipes.weights.hub_hashes import HubFiles, disagreements, hub_file_hashes
+from language_pipes.weights.journal import Journal, held_tensors, write_held_tensors
+from language_pipes.weights.manifest import Manifest, ManifestError, parse_manifest, pieces_for
+from language_pipes.weights.progress import MEGABYTE, FetchProgress
+from language_pipes.weights.serve import KIND_MANIFEST
+from language_pipes.weights.transfer import PeerFetchError, Pending, PieceRun, prepare_files
 
 log = logging.getLogger(__name__)
 
 REQUESTS_PER_PEER = 4
-REQUEST_TIMEOUT_S = 60.0
 # A peer builds a model's manifest on first request (hashing every byte): give it time.
 MANIFEST_TIMEOUT_S = 300.0
-MAX_ATTEMPTS_PER_PIECE = 8
 PEER_WAIT_S = 30.0
-BUSY_BACKOFF_S = 0.05
-PEER_RETRY_S = 0.5
-PEER_RETRY_MAX_S = 4.0
-MEGABYTE = 1_000_000
-
-
-class PeerFetchError(ModelStoreError):
-    """The model could not be fetched from peers; the message says why."""
-
-
-@dataclass
-class FetchProgress:
-    """How far one model's fetch has got; shown on the console, the TUI and the node's status."""
-
-    model_id: str
-    total_bytes: int = 0
-    done_bytes: int = 0
-    reused_bytes: int = 0
-    by_peer: Counter[str] = field(default_factory=Counter)
-    bad_by_peer: Counter[str] = field(default_factory=Counter)
-    state: str = "asking peers"
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def rate_bytes_per_s(self) -> float:
-        elapsed = time.monotonic() - self.started
-        return self.done_bytes / elapsed if elapsed > 0 else 0.0
-
-    def line(self) -> str:
-        peers = ", ".join(sorted(self.by_peer)) or "-"
-        return (
-            f"{self.model_id}: {self.state}, {(self.done_bytes + self.reused_bytes) / MEGABYTE:.1f}"
-            f"/{self.total_bytes / MEGABYTE:.1f} MB at {self.rate_bytes_per_s / MEGABYTE:.1f} MB/s"
-            f" from {peers}"
-        )
-
-
-@dataclass
-class _Pending:
-    piece: Piece
-    attempts: int = 0
-    excluded: set[str] = field(default_factory=set)
 
 
 class WeightFetcher:
@@ -91,8 +48,10 @@ class WeightFetcher:
         *,
         requests_per_peer: int = REQUESTS_PER_PEER,
         peer_wait_s: float = PEER_WAIT_S,
+        hub_hashes: Callable[[str], HubFiles | None] = hub_file_hashes,
     ) -> None:
         self.network = network
+        self.hub_hashes = hub_hashes  # the hub's published file hashes, checked before the network's word
         self.requests_per_peer = requests_per_peer
         self.peer_wait_s = peer_wait_s
         self.progress: dict[str, FetchProgress] = {}
@@ -134,6 +93,7 @@ class WeightFetcher:
             if chosen is None:
                 raise PeerFetchError(model_id, f"no peer serves the pinned manifest {pinned_sha256[:16]}…")
         else:
+            by_digest = await self._agreeing_with_hub(model_id, by_digest)
             ranked = sorted(by_digest.values(), key=len, reverse=True)
             if len(ranked) > 1 and len(ranked[0]) == len(ranked[1]):
                 raise PeerFetchError(
@@ -149,6 +109,28 @@ class WeightFetcher:
             "manifest of %s: sha256 %s from %s", model_id, manifest.digest(), ", ".join(c[0] for c in chosen)
         )
         return manifest, {peer: held for peer, _, held in chosen}
+
+    async def _agreeing_with_hub(
+        self, model_id: str, by_digest: dict[str, list[tuple[NodeId, Manifest, set[str] | None]]]
+    ) -> dict[str, list[tuple[NodeId, Manifest, set[str] | None]]]:
+        """The manifests that agree with the hub's published hashes; all of them if the hub cannot say."""
+        hub = await asyncio.to_thread(self.hub_hashes, model_id)
+        if hub is None:
+            return by_digest
+        agreeing = {}
+        for digest, servers in by_digest.items():
+            problems = disagreements(servers[0][1], hub)
+            if problems:
+                peers = ", ".join(peer for peer, _, _ in servers)
+                log.warning(
+                    "peers %s serve a manifest of %s the hub disagrees with: %s", peers, model_id, problems[0]
+                )
+            else:
+                agreeing[digest] = servers
+        if not agreeing:
+            raise PeerFetchError(model_id, "no peer serves a manifest that agrees with the hub's hashes")
+        log.info("manifest of %s checked against the hub's hashes", model_id)
+        return agreeing
 
     async def _wait_for_peers(self, model_id: str) -> list[NodeId]:
         deadline = time.monotonic() + self.peer_wait_s
@@ -193,13 +175,13 @@ class WeightFetcher:
         Returns the bytes fetched (pieces already verified on disk are not fetched again).
         """
         model_id = manifest.model_id
-        await asyncio.to_thread(_prepare_files, folder, manifest)
+        await asyncio.to_thread(prepare_files, folder, manifest)
         needed = pieces_for(manifest, tensors)
         journal = Journal(folder, manifest)
         progress = self.progress.setdefault(model_id, FetchProgress(model_id))
         progress.state, progress.started = "fetching", time.monotonic()
         progress.reused_bytes = await asyncio.to_thread(journal.recover, needed)
-        pending = deque(_Pending(piece) for piece in needed if piece.key not in journal.verified)
+        pending = deque(Pending(piece) for piece in needed if piece.key not in journal.verified)
         progress.total_bytes = sum(piece.size for piece in needed)
         progress.done_bytes = 0
         if journal.verified:
@@ -208,7 +190,7 @@ class WeightFetcher:
             total=progress.total_bytes, initial=progress.reused_bytes, unit="B", unit_scale=True,
             desc=f"fetching {model_id}", disable=None,
         )  # fmt: skip
-        run = _Run(self, folder, manifest, holders, pending, journal, progress, bar)
+        run = PieceRun(self, folder, manifest, holders, pending, journal, progress, bar)
         try:
             await run.all()
         except BaseException:
@@ -231,172 +213,3 @@ class WeightFetcher:
                 progress.done_bytes / MEGABYTE, model_id, progress.reused_bytes / MEGABYTE, sources,
             )  # fmt: skip
         return progress.done_bytes
-
-
-@dataclass
-class _Run:
-    """One fetch in flight: a worker pool per peer draining one queue of pending pieces."""
-
-    fetcher: WeightFetcher
-    folder: Path
-    manifest: Manifest
-    holders: dict[NodeId, set[str] | None]
-    pending: deque[_Pending]
-    journal: Journal
-    progress: FetchProgress
-    bar: tqdm.tqdm  # type: ignore[type-arg]
-    in_flight: int = 0
-    failure: PeerFetchError | None = None
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def all(self) -> None:
-        workers = [
-            asyncio.create_task(self._worker(peer))
-            for peer in self.holders
-            for _ in range(self.fetcher.requests_per_peer)
-        ]
-        every_worker = asyncio.gather(*workers)
-        finished = asyncio.create_task(self.finished.wait())
-        try:
-            # Done when every piece is in (workers backing off from a lost peer need not wake up first).
-            await asyncio.wait([every_worker, finished], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            finished.cancel()
-            for worker in workers:
-                worker.cancel()
-            await asyncio.gather(every_worker, return_exceptions=True)
-        if self.failure is not None:
-            raise self.failure
-        if self.pending:
-            left = len(self.pending)
-            raise PeerFetchError(self.manifest.model_id, f"{left} pieces could not be fetched from any peer")
-
-    def _next_for(self, peer: NodeId) -> _Pending | None:
-        for index, item in enumerate(self.pending):
-            held = self.holders[peer]
-            if peer not in item.excluded and (
-                item.piece.tensor is None or held is None or item.piece.tensor in held
-            ):
-                del self.pending[index]
-                return item
-        return None
-
-    def _nobody_can(self, item: _Pending) -> bool:
-        usable = [
-            peer
-            for peer, held in self.holders.items()
-            if peer not in item.excluded
-            and (item.piece.tensor is None or held is None or item.piece.tensor in held)
-        ]  # fmt: skip
-        return not usable or item.attempts >= MAX_ATTEMPTS_PER_PIECE
-
-    async def _worker(self, peer: NodeId) -> None:
-        while self.failure is None:
-            item = self._next_for(peer)
-            if item is None:
-                if not self.pending and self.in_flight == 0:
-                    return
-                if self.in_flight == 0 and all(self._nobody_can(waiting) for waiting in self.pending):
-                    self._fail(self.pending[0])  # every peer that could send them is gone or failed
-                    return
-                await asyncio.sleep(BUSY_BACKOFF_S)
-                continue
-            self.in_flight += 1
-            try:
-                await self._fetch_one(peer, item)
-            finally:
-                self.in_flight -= 1
-                if (not self.pending and self.in_flight == 0) or self.failure is not None:
-                    self.finished.set()
-
-    async def _fetch_one(self, peer: NodeId, item: _Pending) -> None:
-        piece, model_id = item.piece, self.manifest.model_id
-        item.attempts += 1
-        request = {"model_id": model_id, "file": piece.file, "start": piece.start, "end": piece.end}
-        try:
-            header, data = await self.fetcher.network.request(
-                peer, KIND_PIECE, request, timeout=REQUEST_TIMEOUT_S
-            )
-        except PeerUnavailableError as error:
-            # Lost for now (a stalled peer is dropped after the failure timeout and rejoins): wait a
-            # little longer each time; the piece fails only after MAX_ATTEMPTS_PER_PIECE tries.
-            log.warning("peer %s is unavailable while fetching %s: %s", peer, model_id, error)
-            live_others = [
-                other
-                for other in self.holders
-                if other != peer and other not in item.excluded and self.fetcher.network.is_live(other)
-            ]
-            if live_others:  # another peer takes it; this one may still serve other pieces later
-                item.attempts -= 1
-                self._requeue(item, exclude=peer)
-            else:
-                self._requeue(item)
-            await asyncio.sleep(min(PEER_RETRY_MAX_S, PEER_RETRY_S * max(1, item.attempts)))
-            return
-        except NetworkError as error:
-            # A timeout or a failed request: ask again (perhaps of another peer).
-            log.warning("piece %s of %s from %s failed: %s", piece.key, model_id, peer, error)
-            self._requeue(item)
-            return
-        refused = header.get("refused") if isinstance(header, dict) else "malformed reply"
-        if refused == "busy":
-            item.attempts -= 1  # a busy peer is no fault of the piece
-            self._requeue(item)
-            await asyncio.sleep(BUSY_BACKOFF_S)
-            return
-        if refused is not None:
-            log.warning("peer %s refused piece %s of %s: %s", peer, piece.key, model_id, refused)
-            self._requeue(item, exclude=peer)
-            return
-        if not await asyncio.to_thread(_verify_and_write, self.folder, piece, data):
-            self.fetcher.bad_pieces[peer] += 1
-            self.progress.bad_by_peer[peer] += 1
-            log.warning(
-                "peer %s sent bad bytes for %s of %s (SHA-256 mismatch); asking another peer",
-                peer, piece.key, model_id,
-            )  # fmt: skip
-            self._requeue(item, exclude=peer)
-            return
-        self.journal.record(piece)
-        self.progress.done_bytes += piece.size
-        self.progress.by_peer[peer] += piece.size
-        self.fetcher.fetched_pieces.append((piece.key, peer))
-        self.fetcher.bytes_fetched += piece.size
-        self.bar.update(piece.size)
-        log.info(
-            "piece %s %s (%d bytes) of %s from %s", piece.key, piece.tensor or "", piece.size, model_id, peer
-        )
-
-    def _requeue(self, item: _Pending, exclude: str | None = None) -> None:
-        if exclude is not None:
-            item.excluded.add(exclude)
-        if self._nobody_can(item):
-            self._fail(item)
-            return
-        self.pending.append(item)
-
-    def _fail(self, item: _Pending) -> None:
-        tried = ", ".join(sorted(item.excluded)) or "none"
-        reason = f"piece {item.piece.key} failed from every peer that holds it (tried: {tried})"
-        self.failure = PeerFetchError(self.manifest.model_id, reason)
-        self.finished.set()
-
-
-def _prepare_files(folder: Path, manifest: Manifest) -> None:
-    """Create the folder and every file at its full size (holes where nothing is fetched yet)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    write_stored_manifest(folder, manifest)
-    for entry in manifest.files:
-        path = folder / entry.name
-        if not path.is_file() or path.stat().st_size != entry.size:
-            with path.open("ab") as handle:
-                handle.truncate(entry.size)
-
-
-def _verify_and_write(folder: Path, piece: Piece, data: bytes) -> bool:
-    if len(data) != piece.size or hashlib.sha256(data).hexdigest() != piece.sha256:
-        return False
-    with (folder / piece.file).open("r+b") as handle:
-        handle.seek(piece.start)
-        handle.write(data)
-    return True

@@ -12,6 +12,9 @@ refused before any path is built, and the path built is checked to lie in the st
 A refusal is a reply with a ``refused`` reason, not an error. Bytes leave through a token
 bucket (``bytes_per_s``) and at most ``concurrency`` pieces are read at once; a request
 beyond that is refused as ``busy`` so the fetcher asks again or asks another peer.
+Pieces are read, and their replies sealed, on the low-priority bulk threads
+(:mod:`language_pipes.network.bulk`), so serving takes CPU only when the node's own decode
+steps leave some.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from language_pipes.models.store import ModelStore, ModelStoreError, is_complete_model_folder
+from language_pipes.network.bulk import run_bulk
 from language_pipes.network.connections import Header, Reply
 from language_pipes.network.peer_network import PeerNetwork
 from language_pipes.network.types import NodeId
@@ -36,6 +40,8 @@ KIND_MANIFEST = "weights.manifest"
 KIND_PIECE = "weights.piece"
 DEFAULT_SERVE_BYTES_PER_S = 50_000_000
 DEFAULT_SERVE_CONCURRENCY = 4
+# How long a model's folder, once looked at, is trusted unchanged by piece requests.
+RECHECK_S = 2.0
 
 
 class ByteBucket:
@@ -80,6 +86,7 @@ class WeightServer:
         self.bytes_served = 0
         self.refused: dict[str, int] = {}
         self._manifests: dict[str, tuple[Manifest, set[str] | None, dict[str, Piece]]] = {}
+        self._checked: dict[str, float] = {}  # when each model's folder was last looked at on disk
         network.register_handler(KIND_MANIFEST, self._on_manifest)
         network.register_handler(KIND_PIECE, self._on_piece)
 
@@ -98,7 +105,9 @@ class WeightServer:
     async def _on_piece(self, sender: NodeId, header: Header, payload: bytes) -> Reply:
         if not isinstance(header, dict):
             return self._refuse(sender, "malformed request")
-        served = await asyncio.to_thread(self._served, header.get("model_id"))
+        served = self._recently_served(header.get("model_id"))
+        if served is None:
+            served = await asyncio.to_thread(self._served, header.get("model_id"))
         if isinstance(served, str):
             return self._refuse(sender, served)
         manifest, held, pieces = served
@@ -116,7 +125,7 @@ class WeightServer:
         self.active += 1
         try:
             await self.bucket.take(piece.size)
-            data = await asyncio.to_thread(_read_range, path, piece.start, piece.size)
+            data = await run_bulk(_read_range, path, piece.start, piece.size)
         finally:
             self.active -= 1
         self.bytes_served += len(data)
@@ -129,6 +138,15 @@ class WeightServer:
             if not isinstance(served, str):
                 log.info("serving weights of %s to peers: manifest sha256 %s", model_id, served[0].digest())
 
+    def _recently_served(self, model_id: object) -> tuple[Manifest, set[str] | None, dict[str, Piece]] | None:
+        """The cached answer of :meth:`_served` while it is fresh (no disk look-up per piece); else None."""
+        if not isinstance(model_id, str) or model_id not in self.hosted():
+            return None
+        checked = self._checked.get(model_id)
+        if checked is None or time.monotonic() - checked > RECHECK_S:
+            return None
+        return self._manifests.get(model_id)
+
     def _served(self, model_id: object) -> tuple[Manifest, set[str] | None, dict[str, Piece]] | str:
         """The manifest, held tensors and pieces of a hosted model; a refusal reason otherwise."""
         if not isinstance(model_id, str) or model_id not in self.hosted():
@@ -140,6 +158,7 @@ class WeightServer:
         if not is_complete_model_folder(folder):
             return f"{model_id} is not installed on this node"
         held = held_tensors(folder)
+        self._checked[model_id] = time.monotonic()
         cached = self._manifests.get(model_id)
         if cached is not None and cached[1] == held:
             return cached

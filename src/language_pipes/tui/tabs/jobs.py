@@ -10,7 +10,7 @@ from textual.containers import Horizontal
 from textual.widgets import Button, DataTable, Input, Label, OptionList, Static, TabbedContent, TabPane
 
 from language_pipes.config_report import shorten_api_key
-from language_pipes.tui.status import JobRates
+from language_pipes.tui.status import JobRates, acceptance_label
 from language_pipes.tui.tabs.base import DashboardTab, set_input, typed_text
 
 # Keys at least this long show their last characters too, so generated keys can be told apart.
@@ -58,7 +58,7 @@ class JobsTab(DashboardTab):
 
     def on_mount(self) -> None:
         self.query_one("#active-table", DataTable).add_columns(
-            "Request", "Model", "Prompt tokens", "Prefill", "Tokens so far", "Tokens/s"
+            "Request", "Model", "Prompt tokens", "Prefill", "Tokens so far", "Tokens/s", "Drafts accepted"
         )
 
     def refresh_view(self) -> None:
@@ -88,6 +88,7 @@ class JobsTab(DashboardTab):
                 f"{job.prefill_fraction:.0%}",
                 str(job.generated_tokens),
                 "-" if rate is None else f"{rate:.1f}",
+                acceptance_label(job.drafted_tokens, job.accepted_tokens),
             )
         self.query_one("#active-summary", Static).update(f"{len(jobs)} request(s) in flight on this node")
 
