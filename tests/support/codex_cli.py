@@ -59,6 +59,9 @@ env_key = "{API_KEY_ENV}"
 wire_api = "responses"
 request_max_retries = 0
 stream_max_retries = 0
+# A slow CPU prefills Codex's long instructions before the first event;
+# Codex's default 300 s idle wait is too short under load.
+stream_idle_timeout_ms = 900000
 """
     )
 
