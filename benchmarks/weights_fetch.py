@@ -7,7 +7,8 @@ Measures, on the default model, with real node processes serving and a fetcher i
 - a serving node's decode rate (tok/s, one stream through its API) while a peer keeps fetching from
   it at its configured rate, against the same node idle (target: at least 0.9x), and the CPU the
   serving node's process uses meanwhile (cores, from /proc: serving seals and reads pieces on
-  low-priority bulk threads, language_pipes.network.bulk).
+  low-priority bulk threads, language_pipes.network.bulk). For the decode figures the serving node
+  is pinned to CPU 0 and this process (the fetcher, as if on another host) to CPU 1.
 
 Prints a table and writes benchmarks/results/weights_fetch.json.
 Usage: python benchmarks/weights_fetch.py [--tokens 64] [--serve-rate 50000000]
@@ -140,6 +141,22 @@ async def while_serving(fetcher: WeightFetcher, port: int, tokens: int, root: Pa
     return rate, served / max(elapsed, 1e-9) / MEGABYTE
 
 
+def pin_apart(serving_pid: int) -> bool:
+    """Give the serving node CPU 0 and this process (fetcher and API client) CPU 1, as two hosts would.
+
+    Without this the fetcher's unsealing and hashing, which on a real network run on another
+    machine, compete with the serving node's decode for this machine's cores. Every thread of the
+    node is pinned; threads it starts later inherit it. Returns False where it cannot be done.
+    """
+    if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
+        return False
+    for task in Path(f"/proc/{serving_pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {0})
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        os.sched_setaffinity(int(task.name), {1})
+    return True
+
+
 async def measure(tokens: int, serve_rate: int, key: str) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="lp-weights-bench-") as scratch:
         root = Path(scratch)
@@ -158,6 +175,7 @@ async def measure(tokens: int, serve_rate: int, key: str) -> dict[str, object]:
                 one = await full_fetch_rate(fetcher, ["serve-a"], root / "one-peer")
                 two = await full_fetch_rate(fetcher, ["serve-a", "serve-b"], root / "two-peers")
                 assert a.job_port is not None
+                pinned = pin_apart(a.process.pid)
                 cpu, started = cpu_seconds(a.process.pid), time.perf_counter()
                 idle = await decode_rate(a.job_port, tokens)
                 idle_cores = (cpu_seconds(a.process.pid) - cpu) / (time.perf_counter() - started)
@@ -173,6 +191,7 @@ async def measure(tokens: int, serve_rate: int, key: str) -> dict[str, object]:
         "machine": platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "serve_bytes_per_s": serve_rate,
+        "serving_node_pinned_to_its_own_core": pinned,
         "half_model": half,
         "one_peer": one,
         "two_peers": two,
@@ -203,7 +222,8 @@ def table(results: dict[str, object]) -> str:
         f"{results['decode_tok_s_serving']:.1f} tok/s ({results['decode_ratio']:.2f}× idle) | ≥ 0.9× |",
         f"| serving node's CPU, idle / serving | {results['serving_node_cores_idle']:.2f} / "
         f"{results['serving_node_cores_serving']:.2f} cores | |",
-        f"\nCPU capability: {results['cpu_capability']}",
+        f"\nCPU capability: {results['cpu_capability']}; serving node on its own core: "
+        f"{results['serving_node_pinned_to_its_own_core']}",
     ]
     return "\n".join(rows)
 
