@@ -244,7 +244,7 @@ class NodeConfig(_StrictModel):
     # in one step through the pipe; at most speculation_max_tokens drafted tokens per step. The
     # verified rows are computed as the one-row decode steps they stand for (models/segment.py), so
     # a lone request's greedy output is the same with or without it (under load too with batch_invariant).
-    speculation: bool = False
+    speculation: bool = True
     speculation_max_tokens: int = Field(default=6, ge=1, le=32)
     # Micro-batches an origin keeps in flight through a pipe that reaches other machines (one thread each).
     remote_lanes: int = Field(default=2, ge=1, le=8)

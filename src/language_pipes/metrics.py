@@ -8,8 +8,8 @@ the engine, the pipes and the API can all record into it:
   time per output token of each generation;
 * :func:`record_hop_step` (the origin's remote hops): the round trip of one pipe
   step to one peer, including that peer's compute;
-* :func:`record_speculation`: tokens drafted and accepted by speculative decoding.
-  Nothing calls it until speculation lands; the counters then stay at 0.
+* :func:`record_speculation`: tokens drafted and accepted by speculative decoding
+  (each hosted end model's scheduler reports every verification step).
 
 Gauges that describe the node right now (queue depth, KV use) are read at scrape
 time from a :class:`NodeStateSource` the node hands to the API (see

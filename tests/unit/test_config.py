@@ -318,10 +318,12 @@ def test_saved_configs_are_readable_by_their_owner_only(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o600
 
 
-def test_speculation_is_off_by_default_with_six_drafted_tokens_and_can_be_switched_on() -> None:
+def test_speculation_is_on_by_default_with_six_drafted_tokens_and_can_be_switched_off() -> None:
     config = NodeConfig(node_id="a")
-    assert (config.speculation, config.speculation_max_tokens) == (False, 6)
-    assert "speculation" in config_report(config) and "off" in config_report(config)
-    on = parse_config({"node_id": "a", "speculation": True, "speculation_max_tokens": 3})
+    assert (config.speculation, config.speculation_max_tokens) == (True, 6)
+    assert "on, up to 6 drafted tokens per step" in config_report(config)
+    on = parse_config({"node_id": "a", "speculation_max_tokens": 3})
     assert (on.speculation, on.speculation_max_tokens) == (True, 3)
     assert "on, up to 3 drafted tokens per step" in config_report(on)
+    off = parse_config({"node_id": "a", "speculation": False})
+    assert not off.speculation and "speculation" in config_report(off) and "off" in config_report(off)
