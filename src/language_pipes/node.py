@@ -25,7 +25,7 @@ from language_pipes.engine.generator import ModelGenerator
 from language_pipes.engine.scheduler import Scheduler
 from language_pipes.engine.speculation import SpeculationSettings
 from language_pipes.engine.types import ModelUnavailableError, ModelUnknownError
-from language_pipes.models.end_model import EndModel
+from language_pipes.models.end_model import EndModel, preload_tokenizer
 from language_pipes.models.partial import ModelSource
 from language_pipes.models.quantization import weight_format
 from language_pipes.models.segment import LayerSegment
@@ -114,6 +114,8 @@ class Node:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         torch.set_num_threads(self.config.torch_threads)
+        for local in [e.model_id for e in self.config.end_models if self.store.is_installed(e.model_id)]:
+            await asyncio.to_thread(preload_tokenizer, self.store.local_path(local))  # before any heartbeat
         await self.network.start()
         log.info("peer network on port %d as %s", self.config.peer_port, self.config.node_id)
         if self.config.bootstrap_nodes:
@@ -256,6 +258,7 @@ class Node:
             self.worker.segments[model_id] = remaining
         else:
             self.worker.segments.pop(model_id, None)
+        self.worker.forget_unhosted()
         if hosted.end_model is None:
             del self.models[hosted.model_id]
         self._publish_record()

@@ -198,3 +198,20 @@ async def test_a_step_rolls_back_only_its_own_origins_sequence_and_never_skips_a
         await step_on(b, sequence_id, 9, 1)  # past the cache's end: nothing to continue from
     assert segment._caches[sequence_id].length == 5
     await release_on(b, sequence_id)
+
+
+async def test_an_unloaded_segment_leaves_no_claim_on_its_opened_but_unstepped_sequences(
+    start_node: Starter, tiny_source: ModelSource
+) -> None:
+    worker, segment, b, _ = await cluster(start_node, tiny_source)
+    stepped, opened_only = new_id(), new_id()
+    await open_on(b, stepped)
+    await step_on(b, stepped, 0, 3)
+    await open_on(b, opened_only)  # reserved, no cache yet: an unload's drain does not see it
+    assert worker.sequence_count == 2 and segment.sequence_count == 1
+    worker.forget_unhosted()
+    assert worker.sequence_count == 2  # both still live in a hosted segment
+    segment.release(stepped)
+    worker.segments.pop(MODEL)  # what Node.unload_layer_model does once the caches drained
+    worker.forget_unhosted()
+    assert worker.sequence_count == 0

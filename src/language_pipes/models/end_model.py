@@ -21,6 +21,19 @@ from language_pipes.models.quantization import WeightFormat
 from language_pipes.models.segment import LayerSegment, SegmentBatch
 from language_pipes.vocabulary import SequenceId
 
+# Tokenizers loaded ahead by preload_tokenizer, each handed to the next EndModel of its folder once.
+_PRELOADED_TOKENIZERS: dict[Path, PreTrainedTokenizerBase] = {}
+
+
+def preload_tokenizer(folder: Path) -> None:
+    """Load ``folder``'s tokenizer now, for the next :class:`EndModel` of that folder to take.
+
+    Parsing a large vocabulary's ``tokenizer.json`` holds the GIL for seconds (Gemma 3's 262k
+    tokens: ~3 s on this CPU), long enough for peers to count the node as lost. A node calls this
+    before its peer network starts, while no heartbeat can be missed.
+    """
+    _PRELOADED_TOKENIZERS[Path(folder).resolve()] = AutoTokenizer.from_pretrained(folder)
+
 
 class EndModel:
     """Tokenizer, embedding, local layers, norm and head of one model on one device."""
@@ -46,7 +59,9 @@ class EndModel:
         self.source = source
         self.config = source.config
         self.num_layers = source.num_layers
-        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer: PreTrainedTokenizerBase = _PRELOADED_TOKENIZERS.pop(
+            Path(folder).resolve(), None
+        ) or AutoTokenizer.from_pretrained(folder)
         self.embedding = source.load_module("model.embed_tokens", dtype, self.device)
         self.norm = source.load_module("model.norm", dtype, self.device)
         self.weights = weights

@@ -287,6 +287,11 @@ class LayerSegment:
     def sequence_count(self) -> int:
         return len(self._caches)
 
+    def holds(self, sequence_id: SequenceId) -> bool:
+        """Whether ``sequence_id`` is open here (reserved by ``open``, with or without a cache yet)."""
+        with self._lock:
+            return sequence_id in self._reserved or sequence_id in self._caches
+
     def reserved_tokens(self) -> int:
         """Tokens of KV memory reserved by open sequences, all together."""
         with self._lock:

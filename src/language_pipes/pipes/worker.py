@@ -174,6 +174,19 @@ class LayerWorker:
                     segment.release(sequence_id)
         return None
 
+    def forget_unhosted(self) -> None:
+        """Drop every origin's claim on sequences no hosted segment holds (after an unload).
+
+        An unload waits until the leaving segments' caches are empty, but a sequence opened there
+        and not yet stepped, or whose origin's release is still on its way, has no cache: without
+        this its ownership would outlive the segment.
+        """
+        hosted = [segment for segments in self.segments.values() for segment in segments]
+        for owned in self._owners.values():
+            for sequence_id in [sid for sid in owned if not any(s.holds(sid) for s in hosted)]:
+                owned.discard(sequence_id)
+                self._owner_of.pop(sequence_id, None)
+
     def forget_origin(self, origin: NodeId) -> None:
         """An origin left the network: free everything it held here."""
         for sequence_id in self._owners.pop(origin, set()):
