@@ -31,14 +31,14 @@ from openai import AsyncOpenAI
 
 from language_pipes.config import LayerModelConfig, parse_config
 from language_pipes.models.end_model import EndModel
-from language_pipes.models.segment import LayerSegment, SegmentBatch
+from language_pipes.models.segment import LayerSegment
 from language_pipes.network.lanes import RequestPrefix, ServerLane
 from language_pipes.network.types import NodeId
 from language_pipes.node import Node
 from language_pipes.pipes.frames import KIND_STEP, decode_step
-from language_pipes.vocabulary import ModelId, SequenceId
+from language_pipes.vocabulary import ModelId
 from support.cluster import DEFAULT_MODEL, ReferenceModel, model_folder, new_network_key
-from support.in_process_pipe import layer_only_node, start_pipe
+from support.in_process_pipe import greedy_in_one_process, layer_only_node, start_pipe
 from support.node_process import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -186,23 +186,8 @@ async def quantized_run(run: LastLayersRun, request: pytest.FixtureRequest) -> Q
 def quantized_reference(end: EndModel, middle: LayerSegment) -> tuple[list[int], str]:
     """Greedy tokens and text of the end model + quantized middle layers called directly, no network."""
     assert middle.layer_range == range(1, NUM_LAYERS - LAST_LAYERS)
-    sequence = SequenceId("0" * 32)
-    fed: list[int] = end.encode_chat(MESSAGES)  # type: ignore[arg-type]
-    middle.open(sequence, len(fed) + MAX_TOKENS)  # the node's segment reserves KV memory per sequence
-    position, generated = 0, []
-    while len(generated) < MAX_TOKENS:
-        batch = SegmentBatch((sequence,), (position,), (len(fed),))
-        hidden = end.local_layers.forward(end.embed(fed), batch)
-        hidden = end.finish_hidden(middle.forward(hidden, batch), batch)
-        token = int(end.logits(hidden[0, -1:])[0].argmax())
-        position += len(fed)
-        if token in end.eos_token_ids:
-            break
-        generated.append(token)
-        fed = [token]
-    end.release(sequence)
-    middle.release(sequence)
-    return generated, end.tokenizer.decode(generated, skip_special_tokens=True)
+    generated, text, _ = greedy_in_one_process(end, middle, MESSAGES, MAX_TOKENS)
+    return generated, text
 
 
 async def test_a_bf16_end_node_and_a_quantized_layer_node_match_them_in_one_process(

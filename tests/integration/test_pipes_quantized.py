@@ -23,9 +23,9 @@ from openai import OpenAI
 from language_pipes.models.end_model import EndModel
 from language_pipes.models.partial import ModelSource
 from language_pipes.models.quantization import QuantizedLinear, weight_format
-from language_pipes.models.segment import LayerSegment, SegmentBatch
-from language_pipes.vocabulary import SequenceId
+from language_pipes.models.segment import LayerSegment
 from support.cluster import DEFAULT_MODEL, hosted_layers, model_folder, new_network_key
+from support.in_process_pipe import greedy_in_one_process
 from support.node_process import NodeLauncher, NodeProcess
 
 pytestmark = pytest.mark.slow
@@ -92,24 +92,7 @@ def _complete_in_one_process(
     end: EndModel, middle: LayerSegment, messages: list[dict[str, str]]
 ) -> Completion:
     """Greedy decoding through the reference's end model and segment called directly."""
-    sequence = SequenceId("1" * 32)
-    fed: list[int] = end.encode_chat(messages)  # type: ignore[arg-type]
-    middle.open(sequence, len(fed) + MAX_TOKENS)
-    position, generated, finish_reason = 0, [], "length"
-    while len(generated) < MAX_TOKENS:
-        batch = SegmentBatch((sequence,), (position,), (len(fed),))
-        hidden = end.local_layers.forward(end.embed(fed), batch)
-        hidden = end.finish_hidden(middle.forward(hidden, batch), batch)
-        token = int(end.logits(hidden[0, -1:])[0].argmax())
-        position += len(fed)
-        if token in end.eos_token_ids:
-            finish_reason = "stop"
-            break
-        generated.append(token)
-        fed = [token]
-    end.release(sequence)
-    middle.release(sequence)
-    text = end.tokenizer.decode(generated, skip_special_tokens=True)
+    generated, text, finish_reason = greedy_in_one_process(end, middle, messages, MAX_TOKENS)
     return Completion(text, len(generated), finish_reason)
 
 
